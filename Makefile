@@ -1,0 +1,46 @@
+# cloud-backup: every command a user needs. `make backup DIR=/abs/path` and `make test` install
+# what they need first (a venv with the pinned requirements, Azurite from package-lock.json).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLI := $(PY) -m cloud_backup.local.cli
+export PYTHONPATH := $(CURDIR)/include
+
+.PHONY: install backup start stop status test constraints
+
+install: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt constraints.txt
+	@echo "Installing Python requirements into $(VENV) ..." >&2
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt >&2
+	@touch $@
+
+node_modules/.installed: package.json package-lock.json
+	@echo "Installing Azurite (npm ci) ..." >&2
+	@npm ci --no-audit --no-fund --loglevel=error >&2
+	@touch $@
+
+backup: install
+	@test -n "$(DIR)" || { echo "usage: make backup DIR=/absolute/path [CONTAINER=backups] [PREFIX=]" >&2; exit 2; }
+	@$(CLI) backup "$(DIR)"
+
+start: install
+	@$(CLI) start
+
+stop:
+	@if [ -x $(PY) ]; then $(CLI) stop; else echo "nothing to stop" >&2; fi
+
+status:
+	@$(CLI) status
+
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# Refresh constraints.txt from a clean venv after changing requirements.txt.
+constraints:
+	rm -rf /tmp/cloud-backup-constraints && $(PYTHON) -m venv /tmp/cloud-backup-constraints
+	/tmp/cloud-backup-constraints/bin/pip install --quiet $$(grep -v '^[-#]' requirements.txt)
+	{ head -2 constraints.txt; /tmp/cloud-backup-constraints/bin/pip freeze; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt

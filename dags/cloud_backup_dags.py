@@ -1,0 +1,157 @@
+"""
+### cloud_backup: back up a directory to Azure Blob Storage
+
+Fan-out/fan-in, the Airflow way (after Azure's Durable Functions "cloud backup" sample):
+
+1. `list_files` walks `directory` (regular files only; symlinks, FIFOs and sockets are skipped and
+   reported) and cuts the listing into batches balanced by bytes and file count.
+2. `upload` is mapped over the batches; each writes its files through the Azure provider's
+   `WasbHook` (connection `wasb_default`), many files at once, large files in parallel blocks.
+3. `total_bytes` sums the bytes stored: the run's result (its `return_value` XCom), with a
+   `summary` XCom that names every skipped or vanished file.
+
+Blob names follow the sample: the file's absolute path without its leading `/`
+(`/home/site/a.log` -> `home/site/a.log`), or `prefix/` + the path relative to `directory`.
+
+Trigger with conf `{"directory": "/abs/path"}` (optional `container`, `prefix`), from the UI,
+`airflow dags trigger cloud_backup -c '{"directory": "/abs/path"}'`, or
+`POST /api/v2/dags/cloud_backup/dagRuns`. `cloud_backup_nightly` runs the same tasks every night for
+the directory in the Airflow Variable `cloud_backup_nightly_directory` (or the environment variable
+`CLOUD_BACKUP_NIGHTLY_DIRECTORY`).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+
+CONN_ID = "wasb_default"
+# Upload tasks that may run at once per run, and files in flight inside each: the box's real
+# parallelism (Azurite and the uploads share 2 cores with Airflow), not the file count.
+PARALLELISM = int(os.environ.get("CLOUD_BACKUP_PARALLELISM", "4"))
+FILE_THREADS = int(os.environ.get("CLOUD_BACKUP_FILE_THREADS", "16"))
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("CLOUD_BACKUP_RETRY_DELAY", "10")))
+NIGHTLY_SCHEDULE = os.environ.get("CLOUD_BACKUP_NIGHTLY_SCHEDULE", "0 2 * * *")
+
+CONTAINER_PATTERN = r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+PREFIX_PATTERN = r"^(?!.*(^|/)\.\.?(/|$))[^\\]*$"
+
+# Bad input fails at once; storage trouble is retried with back-off.
+FAIL_FAST = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(exception="cloud_backup.tasks.BadRequest", action=RetryAction.FAIL,
+                  reason="bad configuration: retrying cannot help"),
+        RetryRule(exception="azure.core.exceptions.ClientAuthenticationError",
+                  action=RetryAction.FAIL, reason="the storage refused the credentials"),
+    ]
+)
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay": RETRY_DELAY,
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+    "retry_policy": FAIL_FAST,
+}
+
+
+def _params(directory_required: bool) -> dict[str, Param]:
+    directory = (
+        Param(type="string", pattern="^/", minLength=1, title="Directory",
+              description="Absolute path of the directory to back up, as the workers see it.")
+        if directory_required
+        else Param(None, type=["null", "string"], pattern="^/", title="Directory",
+                   description="Leave empty to use the Variable cloud_backup_nightly_directory.")
+    )
+    return {
+        "directory": directory,
+        "container": Param("backups", type="string", pattern=CONTAINER_PATTERN, title="Container",
+                           description="Blob container (3-63 lowercase letters, digits, hyphens)."),
+        "prefix": Param("", type="string", pattern=PREFIX_PATTERN, title="Prefix",
+                        description="Optional blob name prefix; empty keeps the sample's naming "
+                                    "(absolute path without its leading '/')."),
+    }
+
+
+def _nightly_directory() -> str | None:
+    from airflow.sdk import Variable
+
+    return Variable.get("cloud_backup_nightly_directory", default=None) or os.environ.get(
+        "CLOUD_BACKUP_NIGHTLY_DIRECTORY"
+    )
+
+
+@task
+def list_files() -> list[dict[str, Any]]:
+    from cloud_backup.batching import BatchLimits
+    from cloud_backup.tasks import BadRequest, list_files as list_batches
+
+    from airflow.sdk.configuration import conf
+
+    context = get_current_context()
+    params = context["params"]
+    directory = params["directory"] or _nightly_directory()
+    if directory is None:
+        raise BadRequest("directory is not set: pass it in the run's conf, or set the Variable "
+                         "cloud_backup_nightly_directory for scheduled runs")
+    limits = BatchLimits(
+        parallelism=PARALLELISM,
+        max_batches=min(conf.getint("core", "max_map_length"),
+                        int(os.environ.get("CLOUD_BACKUP_MAX_BATCHES", "1024"))),
+    )
+    listing = list_batches(directory=directory, container=params["container"],
+                           prefix=params["prefix"], conn_id=CONN_ID,
+                           dag_id=context["dag"].dag_id, run_id=context["run_id"], limits=limits)
+    # Only the batch references are mapped over; the rest travels under its own XCom key.
+    context["ti"].xcom_push(key="listed", value=listing["listed"])
+    return listing["batches"]
+
+
+@task(map_index_template="{{ batch_label }}", max_active_tis_per_dagrun=PARALLELISM)
+def upload(batch: dict[str, Any], listed: dict[str, Any]) -> dict[str, Any]:
+    from cloud_backup.tasks import upload as upload_one
+
+    more = batch["files"] - 1
+    get_current_context()["batch_label"] = batch["first"] + (f" (+{more} files)" if more else "")
+    return upload_one(batch=batch, listed=listed, conn_id=CONN_ID, threads=FILE_THREADS)
+
+
+# An empty directory expands `upload` to nothing, which Airflow marks skipped: still sum (to 0).
+@task(trigger_rule="none_failed")
+def total_bytes(listed: dict[str, Any], reports: list[dict[str, Any]] | None) -> int:
+    from cloud_backup.tasks import summarize
+
+    # Fetch the mapped results in slices: iterating item by item probes one past the end.
+    reports = reports or []
+    collected = [r for start in range(0, len(reports), 100) for r in reports[start:start + 100]]
+    summary = summarize(listed, collected)
+    get_current_context()["ti"].xcom_push(key="summary", value=summary)
+    return summary["total_bytes"]
+
+
+def _build(dag_id: str, schedule: str | None, directory_required: bool, tags: list[str]) -> DAG:
+    with DAG(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params=_params(directory_required),
+        doc_md=__doc__,
+        tags=tags,
+    ) as dag:
+        batches = list_files()
+        listed = batches["listed"]  # the XCom that list_files pushed under key "listed"
+        reports = upload.partial(listed=listed).expand(batch=batches)
+        total_bytes(listed, reports)
+    return dag
+
+
+cloud_backup = _build("cloud_backup", None, True, ["backup", "azure"])
+cloud_backup_nightly = _build("cloud_backup_nightly", NIGHTLY_SCHEDULE, False,
+                              ["backup", "azure", "nightly"])

@@ -1,0 +1,139 @@
+"""``python -m cloud_backup.local.cli start|stop|status|backup DIR``: what the Makefile runs.
+
+``backup`` starts what is not running, triggers ``cloud_backup`` over the REST API exactly as a user
+would, shows progress on stderr and ends with one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from cloud_backup.local import stack
+from cloud_backup.local.api import AirflowApi, ApiError, admin_password, ui_url
+
+DAG_ID = "cloud_backup"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def api_for(settings: stack.Settings) -> AirflowApi:
+    return AirflowApi(settings.api_url, "admin", admin_password(settings.airflow_home))
+
+
+def failure_details(api: AirflowApi, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Each failed task instance with the error lines of its log."""
+    failed = []
+    for ti in api.task_instances(dag_id, run_id, state="failed"):
+        try:
+            log = api.task_log(dag_id, run_id, ti)
+        except ApiError as exc:
+            log = f"(log unavailable: {exc})"
+        errors = [line for line in log.splitlines() if "rror" in line or "xception" in line]
+        failed.append(
+            {
+                "task_id": ti["task_id"],
+                "map_index": ti["map_index"],
+                "label": ti.get("rendered_map_index"),
+                "try_number": ti["try_number"],
+                "error": "\n".join(errors[-5:]) or log[-2000:],
+            }
+        )
+    return failed
+
+
+def run_backup(
+    settings: stack.Settings, conf: dict[str, Any], dag_id: str = DAG_ID, timeout: float = 24 * 3600
+) -> dict[str, Any]:
+    """Trigger a backup run over the REST API, wait for it, return the result line's fields."""
+    api = api_for(settings)
+    api.wait_for_dag(dag_id)
+    run = api.trigger(dag_id, conf)
+    run_id = run["dag_run_id"]
+    url = ui_url(settings.api_url, dag_id, run_id)
+    _say(f"Triggered {dag_id} run {run_id}\n  watch it at {url}")
+    last = [""]
+
+    def progress(current: dict[str, Any]) -> None:
+        total = api.count(dag_id, run_id, "upload")
+        done = api.count(dag_id, run_id, "upload", "success")
+        line = f"  {current['state']}: {done}/{total} upload batches done"
+        if line != last[0]:
+            _say(line)
+            last[0] = line
+
+    run = api.wait(dag_id, run_id, timeout=timeout, on_progress=progress)
+    result: dict[str, Any] = {"dag_run_id": run_id, "state": run["state"]}
+    if run["state"] == "success":
+        summary = api.xcom(dag_id, run_id, "total_bytes", "summary")
+        result.update(
+            files=summary["files"],
+            total_bytes=api.xcom(dag_id, run_id, "total_bytes"),
+            skipped=summary["skipped_count"],
+            vanished=summary["vanished_count"],
+        )
+    else:
+        result["failed_tasks"] = failure_details(api, dag_id, run_id)
+    result["ui"] = url
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cloud-backup", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("start", help="start the parts of the local stack that are not running")
+    sub.add_parser("stop", help="stop the local stack")
+    sub.add_parser("status", help="show each part of the local stack")
+    backup = sub.add_parser("backup", help="back up a directory and print the result as JSON")
+    backup.add_argument("directory")
+    backup.add_argument("--container", default=os.environ.get("CONTAINER") or "backups")
+    backup.add_argument("--prefix", default=os.environ.get("PREFIX") or "")
+    args = parser.parse_args(argv)
+    settings = stack.Settings.from_env()
+
+    if args.command == "stop":
+        stopped = stack.stop(settings)
+        _say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    if args.command == "status":
+        states = stack.health(settings)
+        for name, state in states.items():
+            print(f"{name:14} {state}")
+        print(f"{'ui':14} {settings.api_url}")
+        return 0 if all(s == "running" for s in states.values()) else 3
+
+    _say(f"Starting the local stack in {settings.state} (logs in {settings.log_dir}) ...")
+    try:
+        stack.start(settings)
+    except RuntimeError as exc:
+        _say(f"error: {exc}")
+        return 1
+    if args.command == "start":
+        _say(f"Airflow UI: {settings.api_url} (user admin, password in "
+             f"{settings.airflow_home / 'simple_auth_manager_passwords.json.generated'})")
+        return 0
+
+    conf = {"directory": os.path.abspath(args.directory), "container": args.container}
+    if args.prefix:
+        conf["prefix"] = args.prefix
+    try:
+        result = run_backup(settings, conf)
+    except ApiError as exc:
+        _say(f"error: the API refused the run: {exc}")
+        return 2
+    print(json.dumps(result), flush=True)
+    if result["state"] != "success":
+        for failure in result["failed_tasks"]:
+            _say(f"FAILED {failure['task_id']}[{failure['map_index']}] "
+                 f"({failure['label'] or ''}, try {failure['try_number']}):\n{failure['error']}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Upload one batch of files: concurrent, streamed, idempotent, and consistent under change.
+
+- Small files (<= ``SINGLE_PUT_MAX``) are read whole and sent in one Put Blob; large files are read
+  sequentially and staged as blocks in parallel, with a bounded number in flight, then committed.
+  Memory stays bounded whatever the file sizes.
+- Every blob carries Content-MD5 (computed while reading, also for block uploads, where the SDK
+  sets none) and metadata ``cb_size``/``cb_mtime_ns``, so "unchanged" can be decided from a listing.
+- ``overwrite=True``: a retry or a cleared rerun rewrites the same bytes, never fails on "exists".
+- A file that changes while it is read (size, mtime, ctime or inode differ between the stats taken
+  before and after) is read again; a block upload is only committed from a consistent read, so a
+  blob never mixes two versions. After ``MAX_READ_ATTEMPTS`` it is reported, not stored.
+- Files that vanished, cannot be opened, or are no longer regular files are reported with a reason;
+  storage errors on some files do not stop the others, then fail the task so Airflow retries it.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import logging
+import mimetypes
+import os
+import stat
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cloud_backup.naming import blob_name_for, blob_name_problem, display
+from cloud_backup.walk import FileEntry
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+
+log = logging.getLogger(__name__)
+
+SINGLE_PUT_MAX = 4 * 1024**2
+BLOCK_SIZE = 8 * 1024**2
+BLOCKS_IN_FLIGHT = 8
+FILE_THREADS = 16
+MAX_READ_ATTEMPTS = 3
+# How many skipped/failed paths a batch report names; the counts are always complete.
+REPORT_NAMES = 100
+
+
+class BatchUploadError(RuntimeError):
+    """Some files of a batch could not be stored because the storage refused or failed."""
+
+
+@dataclass
+class FileOutcome:
+    rel: str
+    blob: str
+    status: str  # "uploaded" | "vanished" | "skipped" | "failed"
+    bytes: int = 0
+    md5: str = ""
+    reason: str = ""
+
+
+@dataclass
+class BatchReport:
+    """What a batch did. ``bytes`` counts only what was stored."""
+
+    batch: int
+    files: int = 0
+    bytes: int = 0
+    skipped_count: int = 0
+    vanished_count: int = 0
+    failed_count: int = 0
+    skipped: list[list[str]] = field(default_factory=list)
+    vanished: list[str] = field(default_factory=list)
+    failed: list[list[str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, outcome: FileOutcome) -> None:
+        name = display(outcome.rel)
+        if outcome.status == "uploaded":
+            self.files += 1
+            self.bytes += outcome.bytes
+        elif outcome.status == "vanished":
+            self.vanished_count += 1
+            if len(self.vanished) < REPORT_NAMES:
+                self.vanished.append(name)
+        elif outcome.status == "skipped":
+            self.skipped_count += 1
+            if len(self.skipped) < REPORT_NAMES:
+                self.skipped.append([name, outcome.reason])
+        else:
+            self.failed_count += 1
+            if len(self.failed) < REPORT_NAMES:
+                self.failed.append([name, outcome.reason])
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _Snapshot:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class _Changed(Exception):
+    """The file changed while it was read."""
+
+
+def _content_settings(rel: str, md5: bytes):  # -> ContentSettings
+    from azure.storage.blob import ContentSettings
+
+    content_type, encoding = mimetypes.guess_type(rel, strict=False)
+    return ContentSettings(
+        content_type=content_type or "application/octet-stream",
+        content_encoding=encoding,
+        content_md5=bytearray(md5),
+    )
+
+
+def _metadata(snap: _Snapshot) -> dict[str, str]:
+    return {"cb_size": str(snap.size), "cb_mtime_ns": str(snap.mtime_ns)}
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks, offset = [], 0
+    while True:
+        chunk = os.pread(fd, max(size - offset, 0) + 1, offset)  # +1 to see growth past size
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+class Uploader:
+    """Uploads files into one container with one client; safe to call from many threads."""
+
+    def __init__(self, client: ContainerClient, block_threads: int = BLOCKS_IN_FLIGHT) -> None:
+        self.client = client
+        self._block_pool = ThreadPoolExecutor(block_threads, thread_name_prefix="block")
+        self._block_slots = threading.BoundedSemaphore(block_threads * 2)
+
+    def close(self) -> None:
+        self._block_pool.shutdown(wait=True)
+
+    def upload_file(self, directory: str, entry: FileEntry, blob: str) -> FileOutcome:
+        """Store one file as ``blob``; never raises for local problems, only for storage errors."""
+        rel = entry.rel
+        problem = blob_name_problem(blob)
+        if problem:
+            return FileOutcome(rel, blob, "skipped", reason=problem)
+        path = os.path.join(directory, rel)
+        try:
+            # O_NOFOLLOW: a file replaced by a symlink is not followed out of the tree.
+            # O_NONBLOCK: a file replaced by a FIFO cannot hang the open.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return FileOutcome(rel, blob, "vanished", reason="deleted after it was listed")
+        except PermissionError:
+            return FileOutcome(rel, blob, "skipped", reason="permission denied")
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return FileOutcome(rel, blob, "skipped", reason="became a symlink (not followed)")
+            return FileOutcome(rel, blob, "skipped", reason=f"cannot open: {exc.strerror}")
+        try:
+            for _attempt in range(MAX_READ_ATTEMPTS):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    return FileOutcome(rel, blob, "skipped", reason="no longer a regular file")
+                snap = _Snapshot.of(st)
+                try:
+                    if snap.size <= SINGLE_PUT_MAX:
+                        size, md5 = self._put_small(fd, rel, blob, snap)
+                    else:
+                        size, md5 = self._put_blocks(fd, rel, blob, snap)
+                except _Changed:
+                    log.warning("%s changed while it was read; reading it again", display(rel))
+                    time.sleep(0.05)
+                    continue
+                except OSError as exc:
+                    return FileOutcome(rel, blob, "skipped", reason=f"read error: {exc.strerror}")
+                return FileOutcome(rel, blob, "uploaded", size, md5.hex())
+            return FileOutcome(
+                rel, blob, "skipped", reason=f"kept changing while read ({MAX_READ_ATTEMPTS} tries)"
+            )
+        finally:
+            os.close(fd)
+
+    def _check_unchanged(self, fd: int, before: _Snapshot, read: int) -> None:
+        after = _Snapshot.of(os.fstat(fd))
+        if after != before or read != before.size:
+            raise _Changed
+
+    def _put_small(self, fd: int, rel: str, blob: str, snap: _Snapshot) -> tuple[int, bytes]:
+        data = _read_all(fd, snap.size)
+        self._check_unchanged(fd, snap, len(data))
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        self.client.upload_blob(
+            blob,
+            data,
+            length=len(data),
+            overwrite=True,
+            content_settings=_content_settings(rel, md5),
+            metadata=_metadata(snap),
+        )
+        return len(data), md5
+
+    def _put_blocks(self, fd: int, rel: str, blob: str, snap: _Snapshot) -> tuple[int, bytes]:
+        from azure.storage.blob import BlobBlock
+
+        blob_client = self.client.get_blob_client(blob)
+        attempt = uuid.uuid4().hex  # fresh block ids: blocks of an abandoned read are never committed
+        md5 = hashlib.md5(usedforsecurity=False)
+        blocks: list[BlobBlock] = []
+        pending: deque[Future[None]] = deque()
+        offset = 0
+        try:
+            while True:
+                chunk = os.pread(fd, BLOCK_SIZE, offset)
+                if not chunk:
+                    break
+                md5.update(chunk)
+                block_id = base64.b64encode(f"{attempt}{len(blocks):010d}".encode()).decode()
+                blocks.append(BlobBlock(block_id=block_id))
+                self._block_slots.acquire()
+                future = self._block_pool.submit(
+                    blob_client.stage_block, block_id, chunk, length=len(chunk)
+                )
+                future.add_done_callback(lambda _f: self._block_slots.release())
+                pending.append(future)
+                while pending and pending[0].done():
+                    pending.popleft().result()
+                offset += len(chunk)
+                if offset > snap.size:
+                    raise _Changed
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+        self._check_unchanged(fd, snap, offset)
+        digest = md5.digest()
+        blob_client.commit_block_list(
+            blocks, content_settings=_content_settings(rel, digest), metadata=_metadata(snap)
+        )
+        return offset, digest
+
+
+def upload_batch(
+    client: ContainerClient,
+    directory: str,
+    entries: list[FileEntry],
+    *,
+    batch: int,
+    prefix: str = "",
+    threads: int = FILE_THREADS,
+) -> BatchReport:
+    """Upload ``entries`` (relative to ``directory``) and report what happened to each.
+
+    Raises ``BatchUploadError`` after trying every file if the storage failed any of them.
+    """
+    started = time.monotonic()
+    report = BatchReport(batch=batch)
+    uploader = Uploader(client)
+    small = [e for e in entries if e.size <= SINGLE_PUT_MAX]
+    large = [e for e in entries if e.size > SINGLE_PUT_MAX]
+    errors: list[tuple[str, Exception]] = []
+
+    def one(entry: FileEntry) -> FileOutcome:
+        blob = blob_name_for(directory, entry.rel, prefix)
+        try:
+            return uploader.upload_file(directory, entry, blob)
+        except Exception as exc:  # storage or network error: report it, keep going, fail at the end
+            errors.append((entry.rel, exc))
+            return FileOutcome(entry.rel, blob, "failed", reason=f"{type(exc).__name__}: {exc}")
+
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="file") as pool:
+            small_outcomes = pool.map(one, small)
+            # Large files go one at a time, each with its blocks in parallel, beside the small ones.
+            for entry in large:
+                _log_outcome(report, one(entry))
+            for outcome in small_outcomes:
+                _log_outcome(report, outcome)
+    finally:
+        uploader.close()
+    report.seconds = round(time.monotonic() - started, 3)
+    if errors:
+        first_rel, first_exc = errors[0]
+        raise BatchUploadError(
+            f"batch {batch}: {len(errors)} of {len(entries)} files could not be stored; first: "
+            f"{display(first_rel)!r}: {type(first_exc).__name__}: {str(first_exc).splitlines()[0]}"
+        ) from first_exc
+    return report
+
+
+def _log_outcome(report: BatchReport, outcome: FileOutcome) -> None:
+    report.add(outcome)
+    if outcome.status == "uploaded":
+        log.debug("Uploaded %s (%d bytes)", outcome.blob, outcome.bytes)
+    elif outcome.status != "failed":
+        log.warning("%s %s: %s", outcome.status.capitalize(), display(outcome.rel), outcome.reason)
+    else:
+        log.error("Failed %s: %s", display(outcome.rel), outcome.reason)
