@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CLI := $(PY) -m cloud_backup.local.cli
 export PYTHONPATH := $(CURDIR)/include
 
-.PHONY: install backup start stop status test constraints
+.PHONY: install backup start stop status test constraints bench bench-scale
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -44,3 +44,14 @@ constraints:
 	/tmp/cloud-backup-constraints/bin/pip install --quiet $$(grep -v '^[-#]' requirements.txt)
 	{ head -2 constraints.txt; /tmp/cloud-backup-constraints/bin/pip freeze; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+
+# Benchmarks (not part of `make test`); see bench/README.md. They install their own tools under
+# bench/.tools/ and bring the local stack up before timing anything.
+bench: install
+	@bash bench/install_tools.sh
+	@$(CLI) start
+	@$(PY) bench/run_bench.py
+
+bench-scale: install
+	@$(CLI) start
+	@$(PY) bench/scale.py

@@ -1,0 +1,140 @@
+"""Shared helpers of the benchmark scripts: where things live, storage access, verification.
+
+The benchmark runs with the project's venv (for ``cloud_backup`` and azure-storage-blob) against
+the Azurite of the running local stack (``make start``). The account key never leaves this module's
+clients and the contenders' environments: it is not printed or logged.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import requests
+from azure.storage.blob import (
+    BlobServiceClient,
+    ContainerClient,
+    ContainerSasPermissions,
+    generate_container_sas,
+)
+from requests.adapters import HTTPAdapter
+
+from cloud_backup.local import stack
+
+BENCH = Path(__file__).resolve().parent
+TOOLS = BENCH / ".tools"
+OUT = BENCH / "out"
+DATA = Path(os.environ.get("BENCH_DATA", "/tmp/cloud-backup-bench")).resolve()
+AZCOPY = TOOLS / "azcopy/node_modules/@azure-tools/azcopy-linux/dist/bin/azcopy_linux_amd64"
+AZ = TOOLS / "az-venv/bin/az"
+PLOT_PYTHON = TOOLS / "plot-venv/bin/python"
+# The DAG keeps its batch listings in the container, beside the backup; they are not backup data.
+BOOKKEEPING = "_cloud_backup/"
+# azure-storage-blob 12.31 defaults to an API version Azurite 3.35 rejects without
+# --skipApiVersionCheck (FACTS.md); pin one it knows, so this works either way.
+API_VERSION = "2025-11-05"
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def settings() -> stack.Settings:
+    return stack.Settings.from_env()
+
+
+def blob_endpoint(s: stack.Settings) -> str:
+    return f"http://{stack.HOST}:{s.azurite_port}/{stack.AZURITE_ACCOUNT}"
+
+
+def service_client(s: stack.Settings, pool: int = 10) -> BlobServiceClient:
+    """One client whose HTTP pool fits ``pool`` concurrent requests (azure-core keeps 10)."""
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_connections=pool, pool_maxsize=pool))
+    return BlobServiceClient.from_connection_string(
+        stack.azurite_connection_string(s.azurite_port), api_version=API_VERSION, session=session
+    )
+
+
+def container_sas_url(s: stack.Settings, container: str) -> str:
+    """A SAS URL for AzCopy (it accepts no account key). Secret: never print it."""
+    sas = generate_container_sas(
+        stack.AZURITE_ACCOUNT,
+        container,
+        account_key=stack.AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, write=True, create=True, list=True, add=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=6),
+    )
+    return f"{blob_endpoint(s)}/{container}?{sas}"
+
+
+def fresh_container(contender: str, case: str) -> str:
+    """A new valid container name (lowercase, digits, single hyphens, at most 63 characters)."""
+    name = f"bench-{contender}-{case}-{secrets.token_hex(4)}".replace("_", "-").lower()
+    return name[:63]
+
+
+class VerificationError(AssertionError):
+    """A contender's container does not hold what the data set holds."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    blobs: int
+    bytes: int
+
+
+def stored(client: ContainerClient) -> Stored:
+    """Blobs and bytes in a container, the DAG's own bookkeeping blobs left out."""
+    blobs = total = 0
+    for blob in client.list_blobs():
+        if blob.name.startswith(BOOKKEEPING):
+            continue
+        blobs += 1
+        total += blob.size
+    return Stored(blobs, total)
+
+
+def verify(client: ContainerClient, files: int, size: int) -> Stored:
+    got = stored(client)
+    if (got.blobs, got.bytes) != (files, size):
+        raise VerificationError(
+            f"container {client.container_name} holds {got.blobs} blobs / {got.bytes} bytes, "
+            f"expected {files} files / {size} bytes"
+        )
+    return got
+
+
+def delete_container(client: ContainerClient) -> None:
+    try:
+        client.delete_container()
+    except Exception as exc:  # a leftover container costs disk, not correctness
+        say(f"  warning: could not delete {client.container_name}: {exc}")
+
+
+def wait_for_disk(s: stack.Settings, need_bytes: int, timeout: float = 15 * 60) -> None:
+    """Azurite frees deleted blobs' extents only in its GC pass (every 10 minutes): wait for it
+    rather than fill the disk when a large run is about to store ``need_bytes``."""
+    location = s.state / "azurite"
+    margin = 5 * 1024**3
+    deadline = time.monotonic() + timeout
+    warned = False
+    while shutil.disk_usage(location).free < need_bytes + margin:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not enough free disk under {location} for {need_bytes} bytes")
+        if not warned:
+            say(f"  waiting for Azurite's GC to free disk under {location} ...")
+            warned = True
+        time.sleep(10)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
