@@ -114,8 +114,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             ),
         }
     )
-    env.setdefault(
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}"
+    # The stack's own DB, whatever an ambient AIRFLOW__DATABASE__SQL_ALCHEMY_CONN says:
+    # CLOUD_BACKUP_SQL_ALCHEMY_CONN moves it (e.g. to PostgreSQL); SQLite is the embedded default.
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = os.environ.get(
+        "CLOUD_BACKUP_SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}"
     )
     # A user's own wasb_default (real Azure) wins; otherwise the embedded Azurite.
     env.setdefault("AIRFLOW_CONN_WASB_DEFAULT", azurite_connection_uri(settings.azurite_port))
@@ -172,6 +174,14 @@ def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
+
+
+def wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _port_open(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def start_component(settings: Settings, name: str) -> bool:
