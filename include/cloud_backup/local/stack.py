@@ -278,22 +278,19 @@ def start(settings: Settings, timeout: float = 120) -> dict[str, str]:
 
 
 def stop(settings: Settings, timeout: float = 30) -> list[str]:
-    """Stop every running component (SIGTERM, then SIGKILL); return the names stopped."""
-    stopped = []
-    for name in reversed(list(components(settings))):
-        pid = pid_of(settings, name)
-        if not pid:
-            continue
+    """Stop every running component (SIGTERM to all, then SIGKILL); return the names stopped."""
+    running = {name: pid for name in components(settings) if (pid := pid_of(settings, name))}
+    for pid in running.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_of(settings, name) and time.monotonic() < deadline:
-            time.sleep(0.2)
+    deadline = time.monotonic() + timeout
+    while any(pid_of(settings, name) for name in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name, pid in running.items():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         settings.pid_file(name).unlink(missing_ok=True)
-        stopped.append(name)
-    return stopped
+    return list(running)
 
 
 def tail(path: Path, lines: int = 20) -> str:
