@@ -45,6 +45,8 @@ FAIL_FAST = ExceptionRetryPolicy(
     rules=[
         RetryRule(exception="cloud_backup.tasks.BadRequest", action=RetryAction.FAIL,
                   reason="bad configuration: retrying cannot help"),
+        RetryRule(exception="cloud_backup.verify.VerificationFailed", action=RetryAction.FAIL,
+                  reason="the stored backup does not match its manifest"),
         RetryRule(exception="azure.core.exceptions.ClientAuthenticationError",
                   action=RetryAction.FAIL, reason="the storage refused the credentials"),
     ]
@@ -59,7 +61,7 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def _params(directory_required: bool) -> dict[str, Param]:
+def _params(directory_required: bool, verify_default: str) -> dict[str, Param]:
     directory = (
         Param(type="string", pattern="^/", minLength=1, title="Directory",
               description="Absolute path of the directory to back up, as the workers see it.")
@@ -74,6 +76,21 @@ def _params(directory_required: bool) -> dict[str, Param]:
         "prefix": Param("", type="string", pattern=PREFIX_PATTERN, title="Prefix",
                         description="Optional blob name prefix; empty keeps the sample's naming "
                                     "(absolute path without its leading '/')."),
+        "incremental": Param(True, type="boolean", title="Incremental",
+                             description="Skip files whose blob has the same size and mtime "
+                                         "(or MD5 with checksum). Off: upload everything."),
+        "checksum": Param(False, type="boolean", title="Compare checksums",
+                          description="Decide 'unchanged' by MD5 (reads every file) instead of "
+                                      "size and modification time."),
+        "verify": Param(verify_default, type="string", enum=["off", "quick", "full"],
+                        title="Verify", description="After the upload, check every file of the "
+                        "manifest in the container: quick (size and Content-MD5 from one listing) "
+                        "or full (read every blob back and hash it)."),
+        "mirror": Param(False, type="boolean", title="Mirror deletions",
+                        description="Delete blobs whose files were deleted locally (default: keep "
+                                    "them; a backup, not a mirror)."),
+        "max_delete_fraction": Param(0.05, type="number", minimum=0, maximum=1,
+                                     title="Mirror: most blobs deleted in one run (fraction)"),
     }
 
 
@@ -85,10 +102,23 @@ def _nightly_directory() -> str | None:
     )
 
 
+def _manifest_name(context: Any) -> str:
+    """Scheduled runs are named by their data interval, manual runs by their run id."""
+    from cloud_backup.naming import CONTROL_PREFIX
+
+    dag_id, run = context["dag"].dag_id, context["dag_run"]
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if str(run.run_type).endswith("scheduled") and start and end:
+        name = f"{start:%Y-%m-%dT%H%M%SZ}--{end:%Y-%m-%dT%H%M%SZ}"
+    else:
+        name = run.run_id
+    return f"{CONTROL_PREFIX}manifests/{dag_id}/{name}.jsonl.gz"
+
+
 @task
 def list_files() -> list[dict[str, Any]]:
     from cloud_backup.batching import BatchLimits
-    from cloud_backup.tasks import BadRequest, list_files as list_batches
+    from cloud_backup.tasks import BackupOptions, BadRequest, list_files as list_batches
 
     from airflow.sdk.configuration import conf
 
@@ -103,9 +133,13 @@ def list_files() -> list[dict[str, Any]]:
         max_batches=min(conf.getint("core", "max_map_length"),
                         int(os.environ.get("CLOUD_BACKUP_MAX_BATCHES", "1024"))),
     )
+    options = BackupOptions(incremental=params["incremental"], checksum=params["checksum"],
+                            mirror=params["mirror"],
+                            max_delete_fraction=params["max_delete_fraction"])
     listing = list_batches(directory=directory, container=params["container"],
                            prefix=params["prefix"], conn_id=CONN_ID,
-                           dag_id=context["dag"].dag_id, run_id=context["run_id"], limits=limits)
+                           dag_id=context["dag"].dag_id, run_id=context["run_id"],
+                           manifest=_manifest_name(context), limits=limits, options=options)
     # Only the batch references are mapped over; the rest travels under its own XCom key.
     context["ti"].xcom_push(key="listed", value=listing["listed"])
     return listing["batches"]
@@ -123,17 +157,33 @@ def upload(batch: dict[str, Any], listed: dict[str, Any]) -> dict[str, Any]:
 # An empty directory expands `upload` to nothing, which Airflow marks skipped: still sum (to 0).
 @task(trigger_rule="none_failed")
 def total_bytes(listed: dict[str, Any], reports: list[dict[str, Any]] | None) -> int:
-    from cloud_backup.tasks import summarize
+    from cloud_backup.tasks import finish
 
     # Fetch the mapped results in slices: iterating item by item probes one past the end.
     reports = reports or []
     collected = [r for start in range(0, len(reports), 100) for r in reports[start:start + 100]]
-    summary = summarize(listed, collected)
-    get_current_context()["ti"].xcom_push(key="summary", value=summary)
+    context = get_current_context()
+    summary = finish(listed, collected, CONN_ID, context["dag"].dag_id, context["run_id"])
+    context["ti"].xcom_push(key="summary", value=summary)
     return summary["total_bytes"]
 
 
-def _build(dag_id: str, schedule: str | None, directory_required: bool, tags: list[str]) -> DAG:
+@task
+def verify(listed: dict[str, Any]) -> dict[str, Any] | None:
+    from cloud_backup.naming import blob_name_for
+    from cloud_backup.store import container_client
+    from cloud_backup.verify import verify_manifest
+
+    mode = get_current_context()["params"]["verify"]
+    if mode == "off":
+        return None
+    client = container_client(CONN_ID, listed["container"])
+    return verify_manifest(client, listed["manifest"],
+                           blob_name_for(listed["directory"], "", listed["prefix"]), mode)
+
+
+def _build(dag_id: str, schedule: str | None, directory_required: bool, verify_default: str,
+           tags: list[str]) -> DAG:
     with DAG(
         dag_id=dag_id,
         schedule=schedule,
@@ -141,17 +191,17 @@ def _build(dag_id: str, schedule: str | None, directory_required: bool, tags: li
         catchup=False,
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
-        params=_params(directory_required),
+        params=_params(directory_required, verify_default),
         doc_md=__doc__,
         tags=tags,
     ) as dag:
         batches = list_files()
         listed = batches["listed"]  # the XCom that list_files pushed under key "listed"
         reports = upload.partial(listed=listed).expand(batch=batches)
-        total_bytes(listed, reports)
+        total_bytes(listed, reports) >> verify(listed)
     return dag
 
 
-cloud_backup = _build("cloud_backup", None, True, ["backup", "azure"])
-cloud_backup_nightly = _build("cloud_backup_nightly", NIGHTLY_SCHEDULE, False,
+cloud_backup = _build("cloud_backup", None, True, "off", ["backup", "azure"])
+cloud_backup_nightly = _build("cloud_backup_nightly", NIGHTLY_SCHEDULE, False, "quick",
                               ["backup", "azure", "nightly"])

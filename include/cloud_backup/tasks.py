@@ -11,16 +11,23 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cloud_backup.batching import BatchLimits, make_batches
-from cloud_backup.naming import display, validate_container, validate_prefix
+from cloud_backup.naming import blob_name_for, display, validate_container, validate_prefix
 from cloud_backup.store import (
+    PartWriter,
+    compose,
     container_client,
     ensure_container,
+    inventory,
     read_listing,
+    read_part,
     run_folder,
+    unpack_stored,
+    write_latest,
     write_listing,
 )
 from cloud_backup.upload import REPORT_NAMES, BatchReport, upload_batch
@@ -51,27 +58,20 @@ def check_directory(directory: Any) -> str:
     return normal
 
 
-def _spool(directory: str, spool: Any, skipped: list[Skipped]) -> tuple[int, int, int]:
-    """Walk ``directory``, writing file entries to ``spool``; return (files, bytes, skipped count)."""
-    files = total = skipped_count = 0
-    for item in walk_tree(directory):
-        if isinstance(item, FileEntry):
-            files += 1
-            total += item.size
-            spool.write(json.dumps([item.rel, item.size, item.mtime_ns], ensure_ascii=True) + "\n")
-        else:
-            skipped_count += 1
-            log.warning("Skipped %s: %s", display(item.rel), item.reason)
-            if len(skipped) < REPORT_NAMES:
-                skipped.append(item)
-    return files, total, skipped_count
+@dataclass(frozen=True)
+class BackupOptions:
+    """How a run decides what to upload and what to remove."""
+
+    incremental: bool = True  # skip files whose blob already matches
+    checksum: bool = False  # compare MD5s (reading every file of unchanged size), not size+mtime
+    mirror: bool = False  # delete blobs whose files are gone locally
+    max_delete_fraction: float = 0.05  # mirror refuses to delete more than this share of blobs
 
 
 def _read_spool(spool: Any) -> Iterator[FileEntry]:
     spool.seek(0)
     for line in spool:
-        rel, size, mtime_ns = json.loads(line)
-        yield FileEntry(rel, size, mtime_ns)
+        yield FileEntry(*json.loads(line))
 
 
 def list_files(
@@ -82,9 +82,15 @@ def list_files(
     conn_id: str,
     dag_id: str,
     run_id: str,
+    manifest: str,
     limits: BatchLimits,
+    options: BackupOptions = BackupOptions(),
 ) -> dict[str, Any]:
-    """Walk, batch, store batch listings; return ``{"batches": [...], "listed": {...}}``."""
+    """Walk, decide what changed, batch, store the batch listings.
+
+    Returns ``{"batches": [...], "listed": {...}}``: the references to map over, and what the
+    later tasks need (counts, the run's folder, the manifest name, the options).
+    """
     directory = check_directory(directory)
     try:
         container = validate_container(container)
@@ -94,11 +100,51 @@ def list_files(
     client = container_client(conn_id, container)
     ensure_container(client)
     folder = run_folder(dag_id, run_id)
+    stored = inventory(client, blob_name_for(directory, "", prefix))
+    stored_count = len(stored)
+    log.info("The container holds %d blobs under this directory's names", stored_count)
     skipped: list[Skipped] = []
+    unreadable: list[str] = []
+    files = total = skipped_count = unchanged = unchanged_bytes = 0
     batches: list[dict[str, Any]] = []
     # surrogateescape keeps undecodable names intact until naming rejects them with a reason.
-    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogateescape") as spool:
-        files, total, skipped_count = _spool(directory, spool, skipped)
+    with (
+        tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogateescape") as spool,
+        PartWriter(client, f"{folder}listed-skipped.jsonl.gz") as skipped_part,
+        PartWriter(client, f"{folder}listed-unchanged.jsonl.gz") as unchanged_part,
+    ):
+        for item in walk_tree(directory):
+            packed = stored.pop(blob_name_for(directory, item.rel, prefix), None)
+            if isinstance(item, Skipped):
+                if item.rel.endswith("/"):  # an unreadable directory: its blobs are not "gone"
+                    unreadable.append(blob_name_for(directory, item.rel, prefix))
+                skipped_count += 1
+                log.warning("Skipped %s: %s", display(item.rel), item.reason)
+                skipped_part.write({"path": item.rel, "status": "skipped", "reason": item.reason})
+                if len(skipped) < REPORT_NAMES:
+                    skipped.append(item)
+                continue
+            stored_md5 = None
+            if packed is not None and options.incremental:
+                size, mtime_ns, md5 = unpack_stored(packed)
+                if md5 and size == item.size:
+                    if not options.checksum and mtime_ns == item.mtime_ns:
+                        unchanged += 1
+                        unchanged_bytes += size
+                        unchanged_part.write(
+                            {"path": item.rel, "blob": blob_name_for(directory, item.rel, prefix),
+                             "status": "unchanged", "size": size, "mtime_ns": mtime_ns,
+                             "md5": md5.hex()}
+                        )
+                        continue
+                    if options.checksum:
+                        stored_md5 = md5.hex()
+            files += 1
+            total += item.size
+            spool.write(json.dumps([item.rel, item.size, item.mtime_ns, stored_md5]) + "\n")
+        # What is left in `stored` has no file any more: deleted locally since it was backed up.
+        gone = sorted(n for n in stored if not n.startswith(tuple(unreadable)))
+        del stored
         for index, batch in enumerate(make_batches(_read_spool(spool), files, total, limits)):
             listing = f"{folder}batch-{index:05d}.jsonl.gz"
             write_listing(client, listing, batch.files)
@@ -111,18 +157,38 @@ def list_files(
                     "first": display(batch.files[0].rel),
                 }
             )
+    if options.mirror and gone:
+        share = len(gone) / stored_count
+        if share > options.max_delete_fraction:
+            raise BadRequest(
+                f"mirror would delete {len(gone)} of {stored_count} blobs ({share:.1%}), more than "
+                f"max_delete_fraction={options.max_delete_fraction:.1%}: refusing; raise the limit "
+                "if these deletions are intended"
+            )
+    with PartWriter(client, f"{folder}to-delete.jsonl.gz") as to_delete:
+        for name in gone if options.mirror else ():
+            to_delete.write(name)
     log.info(
-        "Listed %d files (%d bytes) under %s into %d batches; %d entries skipped",
-        files, total, directory, len(batches), skipped_count,
+        "Listed %d files to upload (%d bytes) under %s into %d batches; %d unchanged (%d bytes); "
+        "%d entries skipped; %d blobs have no file any more%s",
+        files, total, directory, len(batches), unchanged, unchanged_bytes, skipped_count,
+        len(gone), " and will be deleted (mirror)" if options.mirror else " (kept)",
     )
     listed = {
         "directory": directory,
         "container": container,
         "prefix": prefix,
+        "folder": folder,
+        "manifest": manifest,
+        "batch_count": len(batches),
         "files": files,
         "bytes": total,
+        "unchanged_count": unchanged,
+        "unchanged_bytes": unchanged_bytes,
         "skipped_count": skipped_count,
         "skipped": [[display(s.rel), s.reason] for s in skipped],
+        "gone_count": len(gone),
+        "mirror": options.mirror,
     }
     return {"batches": batches, "listed": listed}
 
@@ -130,47 +196,91 @@ def list_files(
 def upload(
     *, batch: Mapping[str, Any], listed: Mapping[str, Any], conn_id: str, threads: int
 ) -> dict[str, Any]:
-    """Upload one batch listed by ``list_files``; return its report as a small dict."""
+    """Upload one batch listed by ``list_files``; record every file's outcome for the manifest."""
     client = container_client(conn_id, listed["container"])
     entries = read_listing(client, batch["listing"])
-    report = upload_batch(
-        client,
-        listed["directory"],
-        entries,
-        batch=batch["batch"],
-        prefix=listed["prefix"],
-        threads=threads,
-    )
+    with PartWriter(client, f"{listed['folder']}result-{batch['batch']:05d}.jsonl.gz") as part:
+        report = upload_batch(
+            client,
+            listed["directory"],
+            entries,
+            batch=batch["batch"],
+            prefix=listed["prefix"],
+            threads=threads,
+            on_outcome=lambda outcome: part.write(outcome.record()),
+        )
     log.info(
-        "Batch %d: %d files, %d bytes stored in %.1fs; %d skipped, %d vanished",
-        report.batch, report.files, report.bytes, report.seconds,
+        "Batch %d: %d files, %d bytes stored in %.1fs; %d unchanged, %d skipped, %d vanished",
+        report.batch, report.files, report.bytes, report.seconds, report.unchanged_count,
         report.skipped_count, report.vanished_count,
     )
     return report.__dict__
 
 
-def summarize(listed: Mapping[str, Any], reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The run's result: counts summed over the batches, and every problem named (up to a cap)."""
+def finish(
+    listed: Mapping[str, Any], reports: Sequence[Mapping[str, Any]], conn_id: str, dag_id: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """The reduce: sum the batches, apply mirror deletions, write the manifest, name every problem.
+
+    Runs only after every batch succeeded, so deletions never precede the uploads they mirror.
+    """
     merged = BatchReport(batch=-1)
     for report in reports:  # a lazy XCom sequence: iterate, never index by position
         merged.files += report["files"]
         merged.bytes += report["bytes"]
+        merged.unchanged_count += report["unchanged_count"]
+        merged.unchanged_bytes += report["unchanged_bytes"]
         merged.skipped_count += report["skipped_count"]
         merged.vanished_count += report["vanished_count"]
-        merged.failed_count += report["failed_count"]
         merged.skipped.extend(report["skipped"][: REPORT_NAMES - len(merged.skipped)])
         merged.vanished.extend(report["vanished"][: REPORT_NAMES - len(merged.vanished)])
-        merged.failed.extend(report["failed"][: REPORT_NAMES - len(merged.failed)])
-    skipped = [*listed["skipped"], *merged.skipped][:REPORT_NAMES]
-    return {
+    client = container_client(conn_id, listed["container"])
+    folder = listed["folder"]
+    deleted = _delete_gone(client, folder) if listed["mirror"] else 0
+    parts = [f"{folder}listed-skipped.jsonl.gz", f"{folder}listed-unchanged.jsonl.gz"]
+    parts += [f"{folder}result-{i:05d}.jsonl.gz" for i in range(listed["batch_count"])]
+    parts.append(f"{folder}deleted.jsonl.gz")
+    compose(client, listed["manifest"], parts)
+    unchanged = listed["unchanged_count"] + merged.unchanged_count
+    unchanged_bytes = listed["unchanged_bytes"] + merged.unchanged_bytes
+    summary = {
         "directory": listed["directory"],
         "container": listed["container"],
+        "prefix": listed["prefix"],
+        "manifest": listed["manifest"],
         "files": merged.files,
         "total_bytes": merged.bytes,
-        "listed_files": listed["files"],
-        "listed_bytes": listed["bytes"],
+        "unchanged": unchanged,
+        "unchanged_bytes": unchanged_bytes,
+        "protected_files": merged.files + unchanged,
+        "protected_bytes": merged.bytes + unchanged_bytes,
         "skipped_count": listed["skipped_count"] + merged.skipped_count,
-        "skipped": skipped,
+        "skipped": [*listed["skipped"], *merged.skipped][:REPORT_NAMES],
         "vanished_count": merged.vanished_count,
         "vanished": merged.vanished,
+        "deleted": deleted,
+        "kept_without_file": 0 if listed["mirror"] else listed["gone_count"],
     }
+    write_latest(client, listed["directory"], listed["prefix"],
+                 {"manifest": listed["manifest"], "dag_id": dag_id, "run_id": run_id,
+                  "protected_files": summary["protected_files"],
+                  "protected_bytes": summary["protected_bytes"]})
+    return summary
+
+
+def _delete_gone(client: Any, folder: str) -> int:
+    """Delete the blobs ``list_files`` found without a file; record each in a manifest part."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    count = 0
+    with PartWriter(client, f"{folder}deleted.jsonl.gz") as part:
+        for name in read_part(client, f"{folder}to-delete.jsonl.gz"):
+            try:
+                client.delete_blob(name)
+            except ResourceNotFoundError:
+                pass  # a retried reduce already deleted it
+            part.write({"blob": name, "status": "deleted", "reason": "file deleted locally"})
+            count += 1
+    log.info("Mirror: deleted %d blobs whose files are gone", count)
+    return count

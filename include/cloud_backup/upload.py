@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import itertools
 import logging
 import mimetypes
 import os
@@ -26,6 +27,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -55,10 +57,20 @@ class BatchUploadError(RuntimeError):
 class FileOutcome:
     rel: str
     blob: str
-    status: str  # "uploaded" | "vanished" | "skipped" | "failed"
+    status: str  # "uploaded" | "unchanged" | "vanished" | "skipped" | "failed"
     bytes: int = 0
     md5: str = ""
     reason: str = ""
+    mtime_ns: int | None = None
+
+    def record(self) -> dict[str, object]:
+        """This outcome as a manifest line."""
+        line: dict[str, object] = {"path": self.rel, "blob": self.blob, "status": self.status}
+        if self.status in ("uploaded", "unchanged"):
+            line.update(size=self.bytes, mtime_ns=self.mtime_ns, md5=self.md5)
+        if self.reason:
+            line["reason"] = self.reason
+        return line
 
 
 @dataclass
@@ -68,6 +80,8 @@ class BatchReport:
     batch: int
     files: int = 0
     bytes: int = 0
+    unchanged_count: int = 0
+    unchanged_bytes: int = 0
     skipped_count: int = 0
     vanished_count: int = 0
     failed_count: int = 0
@@ -81,6 +95,9 @@ class BatchReport:
         if outcome.status == "uploaded":
             self.files += 1
             self.bytes += outcome.bytes
+        elif outcome.status == "unchanged":
+            self.unchanged_count += 1
+            self.unchanged_bytes += outcome.bytes
         elif outcome.status == "vanished":
             self.vanished_count += 1
             if len(self.vanished) < REPORT_NAMES:
@@ -173,6 +190,11 @@ class Uploader:
                     return FileOutcome(rel, blob, "skipped", reason="no longer a regular file")
                 snap = _Snapshot.of(st)
                 try:
+                    if entry.stored_md5 and snap.size == entry.size:
+                        same = self._hash(fd, snap).hex() == entry.stored_md5
+                        if same:
+                            return FileOutcome(rel, blob, "unchanged", snap.size,
+                                               entry.stored_md5, mtime_ns=snap.mtime_ns)
                     if snap.size <= SINGLE_PUT_MAX:
                         size, md5 = self._put_small(fd, rel, blob, snap)
                     else:
@@ -183,12 +205,21 @@ class Uploader:
                     continue
                 except OSError as exc:
                     return FileOutcome(rel, blob, "skipped", reason=f"read error: {exc.strerror}")
-                return FileOutcome(rel, blob, "uploaded", size, md5.hex())
+                return FileOutcome(rel, blob, "uploaded", size, md5.hex(), mtime_ns=snap.mtime_ns)
             return FileOutcome(
                 rel, blob, "skipped", reason=f"kept changing while read ({MAX_READ_ATTEMPTS} tries)"
             )
         finally:
             os.close(fd)
+
+    def _hash(self, fd: int, snap: _Snapshot) -> bytes:
+        """MD5 of a consistent read of the file (for ``checksum`` runs)."""
+        md5, offset = hashlib.md5(usedforsecurity=False), 0
+        while chunk := os.pread(fd, BLOCK_SIZE, offset):
+            md5.update(chunk)
+            offset += len(chunk)
+        self._check_unchanged(fd, snap, offset)
+        return md5.digest()
 
     def _check_unchanged(self, fd: int, before: _Snapshot, read: int) -> None:
         after = _Snapshot.of(os.fstat(fd))
@@ -258,9 +289,11 @@ def upload_batch(
     batch: int,
     prefix: str = "",
     threads: int = FILE_THREADS,
+    on_outcome: Callable[[FileOutcome], None] | None = None,
 ) -> BatchReport:
     """Upload ``entries`` (relative to ``directory``) and report what happened to each.
 
+    ``on_outcome`` sees every file's outcome, in the calling thread (for the run's manifest).
     Raises ``BatchUploadError`` after trying every file if the storage failed any of them.
     """
     started = time.monotonic()
@@ -282,10 +315,10 @@ def upload_batch(
         with ThreadPoolExecutor(threads, thread_name_prefix="file") as pool:
             small_outcomes = pool.map(one, small)
             # Large files go one at a time, each with its blocks in parallel, beside the small ones.
-            for entry in large:
-                _log_outcome(report, one(entry))
-            for outcome in small_outcomes:
+            for outcome in itertools.chain((one(entry) for entry in large), small_outcomes):
                 _log_outcome(report, outcome)
+                if on_outcome:
+                    on_outcome(outcome)
     finally:
         uploader.close()
     report.seconds = round(time.monotonic() - started, 3)
@@ -300,7 +333,7 @@ def upload_batch(
 
 def _log_outcome(report: BatchReport, outcome: FileOutcome) -> None:
     report.add(outcome)
-    if outcome.status == "uploaded":
+    if outcome.status in ("uploaded", "unchanged"):
         log.debug("Uploaded %s (%d bytes)", outcome.blob, outcome.bytes)
     elif outcome.status != "failed":
         log.warning("%s %s: %s", outcome.status.capitalize(), display(outcome.rel), outcome.reason)

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FileEntry:
-    """A regular file, by its path relative to the walked directory ('/'-separated)."""
+    """A regular file, by its path relative to the walked directory ('/'-separated).
+
+    ``stored_md5`` (hex) is set when a checksum run found a blob of the same size under the file's
+    name: the upload then hashes the file and skips it if the MD5s match.
+    """
 
     rel: str
     size: int
     mtime_ns: int
+    stored_md5: str | None = None
 
 
 @dataclass(frozen=True)

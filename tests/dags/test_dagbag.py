@@ -32,9 +32,10 @@ def test_no_import_errors(dagbag) -> None:
 @pytest.mark.parametrize("dag_id", ["cloud_backup", "cloud_backup_nightly"])
 def test_shape(dagbag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
-    assert set(dag.task_ids) == {"list_files", "upload", "total_bytes"}
-    assert dag.get_task("list_files").downstream_task_ids == {"upload", "total_bytes"}
+    assert set(dag.task_ids) == {"list_files", "upload", "total_bytes", "verify"}
+    assert dag.get_task("list_files").downstream_task_ids == {"upload", "total_bytes", "verify"}
     assert dag.get_task("upload").downstream_task_ids == {"total_bytes"}
+    assert dag.get_task("total_bytes").downstream_task_ids == {"verify"}
     upload = dag.get_task("upload")
     assert upload.map_index_template == "{{ batch_label }}"
     assert upload.retries >= 3 and upload.retry_exponential_backoff >= 2
@@ -47,6 +48,8 @@ def test_nightly_is_scheduled_and_its_defaults_validate(dagbag) -> None:
     assert nightly.timetable.can_be_scheduled
     assert nightly.timetable.expression == "0 2 * * *"
     nightly.params.validate()  # a scheduled DAG's defaults must validate
+    assert nightly.params["verify"] == "quick" and nightly.params["incremental"] is True
+    assert dagbag.dags["cloud_backup"].params["verify"] == "off"
     assert not dagbag.dags["cloud_backup"].timetable.can_be_scheduled
 
 
