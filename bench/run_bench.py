@@ -161,13 +161,16 @@ def run_case(
 ) -> dict[str, Any]:
     times: dict[str, list[float]] = {c: [] for c in contenders}
     failures: dict[str, list[str]] = {c: [] for c in contenders}
+    # Other work on the box skews every figure: keep the 1-minute load seen before each try.
+    loads: dict[str, list[float]] = {c: [] for c in contenders}
     rclone_tries: dict[int, float] = {}
     best_transfers = RCLONE_TRANSFERS[0]
     for r in range(runs):
         # Rotate the order so no contender always runs first (cold page cache, Azurite's GC).
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for contender in order:
-            say(f"[{data.name} run {r + 1}/{runs}] {contender} ...")
+            loads[contender].append(round(os.getloadavg()[0], 2))
+            say(f"[{data.name} run {r + 1}/{runs}] {contender} (load {loads[contender][-1]}) ...")
             try:
                 if contender == "rclone" and r == 0 and len(RCLONE_TRANSFERS) > 1:
                     # The first run tries each --transfers; later runs use the fastest one.
@@ -205,6 +208,7 @@ def run_case(
     if data.name == "one_file" and dag:
         result["dag_under_10s"] = dag < 10
     result["runs"] = {c: [round(t, 3) for t in v] for c, v in times.items()}
+    result["load_before"] = loads
     if rclone_tries:
         result["rclone_transfers"] = {"best": best_transfers,
                                       "tried": {str(k): round(v, 2) for k, v in rclone_tries.items()}}
@@ -215,7 +219,7 @@ def run_case(
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'case':9} {'contender':9} {'median s':>9} {'min s':>7} {'max s':>7} "
-             f"{'files/s':>8} {'MB/s':>7} {'vs DAG':>7} runs"]
+             f"{'files/s':>8} {'MB/s':>7} {'vs DAG':>7} runs  max load"]
     for case, res in results.items():
         dag = res["seconds"].get("dag")
         for contender, seconds in res["seconds"].items():
@@ -224,12 +228,18 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"{case:9} {contender:9} {seconds:9.2f} {min(runs):7.2f} {max(runs):7.2f} "
                 f"{res['files'] / seconds:8.0f} {res['bytes'] / 1e6 / seconds:7.1f} "
-                f"{ratio:>7} {len(runs)}"
+                f"{ratio:>7} {len(runs):4}  {max(res['load_before'][contender]):8.1f}"
             )
         for contender, errors in res.get("failures", {}).items():
             lines.append(f"{case:9} {contender:9} FAILED {len(errors)}x: {errors[0][:100]}")
     lines.append("vs DAG = contender's seconds / DAG's seconds (above 1: the DAG is faster)")
     return "\n".join(lines)
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent)
+    return proc.stdout.strip()
 
 
 def main() -> int:
@@ -247,6 +257,9 @@ def main() -> int:
         say(f"the local stack is not up ({states}); run `make start` first")
         return 2
     api = AirflowApi(s.api_url, "admin", admin_password(s.airflow_home))
+    load = os.getloadavg()[0]
+    if load > 1.0:
+        say(f"warning: load average {load:.1f} before starting: other work will skew the figures")
     if "dag" in contenders:
         say("Warm-up: one untimed DAG run on the one_file data set ...")
         warm = gen_data.make("one_file")
@@ -264,7 +277,11 @@ def main() -> int:
         "results": results,
         "runs": runs,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                                        / 1024**3, 1)},
+        "commit": _commit(),
+        "api_url": s.api_url,
         "when": stamp,
     }
     path = OUT / f"bench-{stamp}.json"
