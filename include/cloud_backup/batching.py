@@ -13,8 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
-from cloud_backup.walk import FileEntry
+
+class HasSize(Protocol):
+    """Anything batched: a file to upload, a blob to restore."""
+
+    @property
+    def size(self) -> int: ...
+
+
+T = TypeVar("T", bound=HasSize)
 
 # What one file costs in bytes-equivalent, beyond its size: at ~350 small files/s against
 # ~230 MB/s on this class of machine, one file costs about as much as 0.5 MiB of data.
@@ -40,12 +49,12 @@ class BatchLimits:
 
 
 @dataclass
-class Batch:
-    files: list[FileEntry] = field(default_factory=list)
+class Batch(Generic[T]):
+    files: list[T] = field(default_factory=list)
     bytes: int = 0
     cost: int = 0
 
-    def add(self, entry: FileEntry) -> None:
+    def add(self, entry: T) -> None:
         self.files.append(entry)
         self.bytes += entry.size
         self.cost += entry.size + PER_FILE_COST
@@ -71,15 +80,16 @@ def plan(file_count: int, total_bytes: int, limits: BatchLimits) -> tuple[int, i
 
 
 def make_batches(
-    entries: Iterable[FileEntry], file_count: int, total_bytes: int, limits: BatchLimits
-) -> Iterator[Batch]:
+    entries: Iterable[T], file_count: int, total_bytes: int, limits: BatchLimits
+) -> Iterator[Batch[T]]:
     """Group ``entries`` (already counted: ``file_count`` files, ``total_bytes`` bytes) into batches.
 
     Files whose cost is at least half a batch's share are grouped apart from the small ones.
     Order within each kind follows the listing, so batches are deterministic.
     """
     cost_cap, files_cap = plan(file_count, total_bytes, limits)
-    small, large = Batch(), Batch()
+    small: Batch[T] = Batch()
+    large: Batch[T] = Batch()
     for entry in entries:
         current = large if entry.size + PER_FILE_COST >= cost_cap // 2 else small
         current.add(entry)

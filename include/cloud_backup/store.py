@@ -177,8 +177,11 @@ def read_latest(client: ContainerClient, directory: str, prefix: str) -> dict | 
 
 
 def write_listing(client: ContainerClient, blob_name: str, entries: Iterable[FileEntry]) -> None:
-    """Store file entries as gzipped JSON lines ``[rel, size, mtime_ns, stored_md5]``."""
-    lines = "".join(json.dumps([e.rel, e.size, e.mtime_ns, e.stored_md5]) + "\n" for e in entries)
+    """Store file entries as gzipped JSON lines ``[rel, size, mtime_ns, stored_md5, stored_mtime]``."""
+    lines = "".join(
+        json.dumps([e.rel, e.size, e.mtime_ns, e.stored_md5, e.stored_mtime_ns]) + "\n"
+        for e in entries
+    )
     data = gzip.compress(lines.encode("utf-8"), compresslevel=5)
     client.upload_blob(blob_name, data, overwrite=True)
 

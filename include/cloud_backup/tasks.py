@@ -124,7 +124,7 @@ def list_files(
                 if len(skipped) < REPORT_NAMES:
                     skipped.append(item)
                 continue
-            stored_md5 = None
+            stored_md5 = stored_mtime = None
             if packed is not None and options.incremental:
                 size, mtime_ns, md5 = unpack_stored(packed)
                 if md5 and size == item.size:
@@ -138,10 +138,12 @@ def list_files(
                         )
                         continue
                     if options.checksum:
-                        stored_md5 = md5.hex()
+                        stored_md5, stored_mtime = md5.hex(), mtime_ns
             files += 1
             total += item.size
-            spool.write(json.dumps([item.rel, item.size, item.mtime_ns, stored_md5]) + "\n")
+            spool.write(
+                json.dumps([item.rel, item.size, item.mtime_ns, stored_md5, stored_mtime]) + "\n"
+            )
         # What is left in `stored` has no file any more: deleted locally since it was backed up.
         gone = sorted(n for n in stored if not n.startswith(tuple(unreadable)))
         del stored

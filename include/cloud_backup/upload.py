@@ -191,8 +191,11 @@ class Uploader:
                 snap = _Snapshot.of(st)
                 try:
                     if entry.stored_md5 and snap.size == entry.size:
-                        same = self._hash(fd, snap).hex() == entry.stored_md5
-                        if same:
+                        if self._hash(fd, snap).hex() == entry.stored_md5:
+                            if entry.stored_mtime_ns != snap.mtime_ns:  # as rclone does
+                                self.client.get_blob_client(blob).set_blob_metadata(
+                                    _metadata(snap)
+                                )
                             return FileOutcome(rel, blob, "unchanged", snap.size,
                                                entry.stored_md5, mtime_ns=snap.mtime_ns)
                     if snap.size <= SINGLE_PUT_MAX:

@@ -17,14 +17,16 @@ from dataclasses import dataclass
 class FileEntry:
     """A regular file, by its path relative to the walked directory ('/'-separated).
 
-    ``stored_md5`` (hex) is set when a checksum run found a blob of the same size under the file's
-    name: the upload then hashes the file and skips it if the MD5s match.
+    ``stored_md5`` (hex) and ``stored_mtime_ns`` are set when a checksum run found a blob of the
+    same size under the file's name: the upload then hashes the file and skips it if the MD5s match
+    (refreshing the blob's recorded mtime if only that differs).
     """
 
     rel: str
     size: int
     mtime_ns: int
     stored_md5: str | None = None
+    stored_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
