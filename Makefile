@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CLI := $(PY) -m cloud_backup.local.cli
 export PYTHONPATH := $(CURDIR)/include
 
-.PHONY: install backup start stop status test constraints bench bench-scale
+.PHONY: install backup restore start stop status test constraints bench bench-scale
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -25,6 +25,10 @@ node_modules/.installed: package.json package-lock.json
 backup: install
 	@test -n "$(DIR)" || { echo "usage: make backup DIR=/absolute/path [CONTAINER=backups] [PREFIX=]" >&2; exit 2; }
 	@$(CLI) backup "$(DIR)"
+
+restore: install
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make restore FROM=/dir/that/was/backed/up TO=/absolute/target [OVERWRITE=1] [SUB_PATH=rel/path]" >&2; exit 2; }
+	@$(CLI) restore "$(FROM)" "$(TO)"
 
 start: install
 	@$(CLI) start

@@ -40,7 +40,7 @@ def blobs(container_name: str, with_control: bool = False) -> dict[str, bytes]:
 
     client = container_client("wasb_default", container_name)
     return {
-        b.name: client.download_blob(b.name).readall()
+        b.name: client.download_blob(b.name, decompress=False).readall()
         for b in client.list_blobs()
         if with_control or not b.name.startswith(CONTROL_PREFIX)
     }

@@ -153,7 +153,7 @@ def _restore_one(client: ContainerClient, target: str, item: RestoreItem, overwr
     try:
         md5, size = hashlib.md5(usedforsecurity=False), 0
         with os.fdopen(fd, "wb") as out:
-            for chunk in client.download_blob(item.blob, max_concurrency=4).chunks():
+            for chunk in client.download_blob(item.blob, max_concurrency=4, decompress=False).chunks():
                 md5.update(chunk)
                 out.write(chunk)
                 size += len(chunk)

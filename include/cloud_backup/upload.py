@@ -128,14 +128,21 @@ class _Changed(Exception):
     """The file changed while it was read."""
 
 
+# A compressed file is stored as the bytes it is, never with a Content-Encoding: with one, HTTP
+# clients (the SDK's download included) hand back the *decompressed* bytes.
+_COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
+                     "xz": "application/x-xz", "br": "application/x-brotli",
+                     "compress": "application/x-compress"}
+
+
 def _content_settings(rel: str, md5: bytes):  # -> ContentSettings
     from azure.storage.blob import ContentSettings
 
     content_type, encoding = mimetypes.guess_type(rel, strict=False)
+    if encoding:
+        content_type = _COMPRESSED_TYPES.get(encoding, "application/octet-stream")
     return ContentSettings(
-        content_type=content_type or "application/octet-stream",
-        content_encoding=encoding,
-        content_md5=bytearray(md5),
+        content_type=content_type or "application/octet-stream", content_md5=bytearray(md5)
     )
 
 

@@ -29,7 +29,7 @@ class VerificationFailed(RuntimeError):
 
 def _read_md5(client: ContainerClient, blob: str) -> str:
     md5 = hashlib.md5(usedforsecurity=False)
-    for chunk in client.download_blob(blob).chunks():
+    for chunk in client.download_blob(blob, decompress=False).chunks():
         md5.update(chunk)
     return md5.hexdigest()
 

@@ -44,7 +44,7 @@ def test_make_backup_path_over_rest(tmp_path: Path, live_stack) -> None:
     assert result["ui"].startswith(f"{live_stack.api_url}/dags/cloud_backup/runs/")
     client = container_client("wasb_default", container)
     stored = {
-        b.name: hashlib.md5(client.download_blob(b.name).readall()).hexdigest()
+        b.name: hashlib.md5(client.download_blob(b.name, decompress=False).readall()).hexdigest()
         for b in client.list_blobs()
         if not b.name.startswith(CONTROL_PREFIX)
     }

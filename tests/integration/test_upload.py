@@ -35,7 +35,7 @@ def _stored(container) -> dict[str, tuple[int, bytes]]:
     """Every blob (outside the run bookkeeping) with its size and bytes' MD5, read back."""
     out = {}
     for blob in container.list_blobs():
-        data = container.download_blob(blob.name).readall()
+        data = container.download_blob(blob.name, decompress=False).readall()
         assert len(data) == blob.size
         out[blob.name] = (blob.size, hashlib.md5(data).digest())
     return out
@@ -121,3 +121,16 @@ def test_file_changing_between_listing_and_upload_is_stored_as_it_is_now(
     now = path.read_bytes()
     assert report.bytes == len(now)
     assert _stored(container) == {"c/f": (len(now), hashlib.md5(now).digest())}
+
+
+def test_compressed_files_are_stored_as_is_without_content_encoding(tmp_path: Path, container):
+    """Regression: a .gz stored with Content-Encoding: gzip came back decompressed on download."""
+    import gzip
+
+    packed = gzip.compress(b"log line\n" * 1000)
+    (tmp_path / "app.log.gz").write_bytes(packed)
+    upload_batch(container, str(tmp_path), _entries(tmp_path), batch=0, prefix="z")
+    blob = container.get_blob_client("z/app.log.gz")
+    assert blob.get_blob_properties().content_settings.content_encoding is None
+    assert blob.get_blob_properties().content_settings.content_type == "application/gzip"
+    assert blob.download_blob().readall() == packed  # default download: decompress=True

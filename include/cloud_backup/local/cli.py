@@ -47,40 +47,59 @@ def failure_details(api: AirflowApi, dag_id: str, run_id: str) -> list[dict[str,
     return failed
 
 
-def run_backup(
-    settings: stack.Settings, conf: dict[str, Any], dag_id: str = DAG_ID, timeout: float = 24 * 3600
-) -> dict[str, Any]:
-    """Trigger a backup run over the REST API, wait for it, return the result line's fields."""
+def trigger_and_wait(
+    settings: stack.Settings, dag_id: str, conf: dict[str, Any], mapped_task: str,
+    timeout: float = 24 * 3600,
+) -> tuple[AirflowApi, dict[str, Any]]:
+    """Trigger ``dag_id`` over the REST API and wait, showing mapped instances done/total."""
     api = api_for(settings)
     api.wait_for_dag(dag_id)
-    run = api.trigger(dag_id, conf)
-    run_id = run["dag_run_id"]
-    url = ui_url(settings.api_url, dag_id, run_id)
-    _say(f"Triggered {dag_id} run {run_id}\n  watch it at {url}")
+    run_id = api.trigger(dag_id, conf)["dag_run_id"]
+    _say(f"Triggered {dag_id} run {run_id}\n  watch it at {ui_url(settings.api_url, dag_id, run_id)}")
     last = [""]
 
     def progress(current: dict[str, Any]) -> None:
-        total = api.count(dag_id, run_id, "upload")
-        done = api.count(dag_id, run_id, "upload", "success")
-        line = f"  {current['state']}: {done}/{total} upload batches done"
+        total = api.count(dag_id, run_id, mapped_task)
+        done = api.count(dag_id, run_id, mapped_task, "success")
+        line = f"  {current['state']}: {done}/{total} {mapped_task} batches done"
         if line != last[0]:
             _say(line)
             last[0] = line
 
-    run = api.wait(dag_id, run_id, timeout=timeout, on_progress=progress)
+    return api, api.wait(dag_id, run_id, timeout=timeout, on_progress=progress)
+
+
+def _result(api: AirflowApi, settings: stack.Settings, dag_id: str, run: dict[str, Any],
+            reduce_task: str, fields: dict[str, str]) -> dict[str, Any]:
+    """The JSON result line: run id, state, the reduce task's figures (or the failures), UI link."""
+    run_id = run["dag_run_id"]
     result: dict[str, Any] = {"dag_run_id": run_id, "state": run["state"]}
     if run["state"] == "success":
-        summary = api.xcom(dag_id, run_id, "total_bytes", "summary")
-        result.update(
-            files=summary["files"],
-            total_bytes=api.xcom(dag_id, run_id, "total_bytes"),
-            skipped=summary["skipped_count"],
-            vanished=summary["vanished_count"],
-        )
+        summary = api.xcom(dag_id, run_id, reduce_task, "summary")
+        result["files"] = summary[fields.pop("files")]
+        result["total_bytes"] = api.xcom(dag_id, run_id, reduce_task)
+        result.update({key: summary[name] for key, name in fields.items()})
     else:
         result["failed_tasks"] = failure_details(api, dag_id, run_id)
-    result["ui"] = url
+    result["ui"] = ui_url(settings.api_url, dag_id, run_id)
     return result
+
+
+def run_backup(settings: stack.Settings, conf: dict[str, Any], dag_id: str = DAG_ID,
+               timeout: float = 24 * 3600) -> dict[str, Any]:
+    """Trigger a backup run over the REST API, wait for it, return the result line's fields."""
+    api, run = trigger_and_wait(settings, dag_id, conf, "upload", timeout)
+    return _result(api, settings, dag_id, run, "total_bytes", {
+        "files": "files", "unchanged": "unchanged", "protected_bytes": "protected_bytes",
+        "skipped": "skipped_count", "vanished": "vanished_count", "manifest": "manifest"})
+
+
+def run_restore(settings: stack.Settings, conf: dict[str, Any],
+                timeout: float = 24 * 3600) -> dict[str, Any]:
+    """Trigger ``cloud_restore`` over the REST API, wait for it, return the result line's fields."""
+    api, run = trigger_and_wait(settings, "cloud_restore", conf, "download", timeout)
+    return _result(api, settings, "cloud_restore", run, "restored_bytes",
+                   {"files": "restored_files", "manifest": "manifest", "target": "target"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     backup.add_argument("directory")
     backup.add_argument("--container", default=os.environ.get("CONTAINER") or "backups")
     backup.add_argument("--prefix", default=os.environ.get("PREFIX") or "")
+    backup.add_argument("--full", action="store_true", default=bool(os.environ.get("FULL")),
+                        help="upload every file, even those the container already holds")
+    restore = sub.add_parser("restore", help="restore the latest backup of a directory")
+    restore.add_argument("directory", help="the directory that was backed up")
+    restore.add_argument("target", help="where to restore it (absolute path)")
+    restore.add_argument("--container", default=os.environ.get("CONTAINER") or "backups")
+    restore.add_argument("--prefix", default=os.environ.get("PREFIX") or "")
+    restore.add_argument("--sub-path", default=os.environ.get("SUB_PATH") or "")
+    restore.add_argument("--overwrite", action="store_true",
+                         default=bool(os.environ.get("OVERWRITE")))
     args = parser.parse_args(argv)
     settings = stack.Settings.from_env()
 
@@ -118,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
              f"{settings.airflow_home / 'simple_auth_manager_passwords.json.generated'})")
         return 0
 
-    conf = {"directory": os.path.abspath(args.directory), "container": args.container}
-    if args.prefix:
-        conf["prefix"] = args.prefix
+    conf: dict[str, Any] = {"directory": os.path.abspath(args.directory),
+                            "container": args.container, "prefix": args.prefix}
     try:
-        result = run_backup(settings, conf)
+        if args.command == "backup":
+            result = run_backup(settings, {**conf, "incremental": not args.full})
+        else:
+            result = run_restore(settings, {**conf, "target": os.path.abspath(args.target),
+                                            "sub_path": args.sub_path,
+                                            "overwrite": args.overwrite})
     except ApiError as exc:
         _say(f"error: the API refused the run: {exc}")
         return 2
