@@ -139,7 +139,9 @@ def timed(
         delete_container(client)
 
 
-def dag_upload(s: stack.Settings, data: DataSet, api: AirflowApi) -> Callable[[str], float]:
+def dag_upload(
+    s: stack.Settings, data: DataSet, api: AirflowApi, phases: list[dict[str, Any]]
+) -> Callable[[str], float]:
     def upload(container: str) -> float:
         result = run_backup(s, {"directory": str(data.directory), "container": container})
         if result["state"] != "success":
@@ -151,9 +153,37 @@ def dag_upload(s: stack.Settings, data: DataSet, api: AirflowApi) -> Callable[[s
         # Trigger to success from the run's own timestamps: run_backup polls every 2 s, which
         # would round a 5 s run up by as much.
         run = api.run(DAG_ID, result["dag_run_id"])
-        return (datetime.fromisoformat(run["end_date"])
-                - datetime.fromisoformat(run["queued_at"])).total_seconds()
+        phases.append(dag_phases(api, run))
+        return _seconds(run["queued_at"], run["end_date"])
     return upload
+
+
+def _seconds(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def dag_phases(api: AirflowApi, run: dict[str, Any]) -> dict[str, Any]:
+    """Where a DAG run's time went: each task's span (first start to last end, over its mapped
+    instances) measured from the trigger, and the run's id to find its logs."""
+    spans: dict[str, dict[str, Any]] = {}
+    for ti in api.task_instances(DAG_ID, run["dag_run_id"]):
+        if not ti["start_date"] or not ti["end_date"]:
+            continue
+        span = spans.setdefault(ti["task_id"], {"n": 0, "start": ti["start_date"],
+                                                "end": ti["end_date"], "busy_s": 0.0})
+        span["n"] += 1
+        span["start"] = min(span["start"], ti["start_date"])
+        span["end"] = max(span["end"], ti["end_date"])
+        span["busy_s"] += ti["duration"] or 0.0
+    return {
+        "run_id": run["dag_run_id"],
+        "tasks": {
+            task: {"instances": v["n"], "from_s": round(_seconds(run["queued_at"], v["start"]), 2),
+                   "to_s": round(_seconds(run["queued_at"], v["end"]), 2),
+                   "busy_s": round(v["busy_s"], 2)}
+            for task, v in sorted(spans.items(), key=lambda kv: kv[1]["start"])
+        },
+    }
 
 
 def run_case(
@@ -164,6 +194,7 @@ def run_case(
     # Other work on the box skews every figure: keep the 1-minute load seen before each try.
     loads: dict[str, list[float]] = {c: [] for c in contenders}
     rclone_tries: dict[int, float] = {}
+    phases: list[dict[str, Any]] = []  # the DAG's per-task timeline, one per successful run
     best_transfers = RCLONE_TRANSFERS[0]
     for r in range(runs):
         # Rotate the order so no contender always runs first (cold page cache, Azurite's GC).
@@ -182,7 +213,7 @@ def run_case(
                     seconds = rclone_tries[best_transfers]
                 else:
                     upload: Callable[[str], float | None] = {
-                        "dag": dag_upload(s, data, api),
+                        "dag": dag_upload(s, data, api, phases),
                         "rclone": lambda c: up_rclone(s, data, c, best_transfers),
                         "azcopy": lambda c: up_azcopy(s, data, c),
                         "az": lambda c: up_az(s, data, c),
@@ -209,6 +240,8 @@ def run_case(
         result["dag_under_10s"] = dag < 10
     result["runs"] = {c: [round(t, 3) for t in v] for c, v in times.items()}
     result["load_before"] = loads
+    if phases:
+        result["dag_phases"] = phases
     if rclone_tries:
         result["rclone_transfers"] = {"best": best_transfers,
                                       "tried": {str(k): round(v, 2) for k, v in rclone_tries.items()}}
@@ -263,12 +296,15 @@ def main() -> int:
     if "dag" in contenders:
         say("Warm-up: one untimed DAG run on the one_file data set ...")
         warm = gen_data.make("one_file")
-        timed(s, "dag", warm, dag_upload(s, warm, api))
+        timed(s, "dag", warm, dag_upload(s, warm, api, []))
 
     results: dict[str, dict[str, Any]] = {}
     for case in cases:
         data = gen_data.make(case)
         results[case] = run_case(s, data, contenders, runs, api)
+        # A long benchmark that dies late still leaves the cases it finished.
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "bench-partial.json").write_text(json.dumps(results, indent=2))
 
     say("\n" + table(results))
     OUT.mkdir(parents=True, exist_ok=True)

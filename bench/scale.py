@@ -16,6 +16,7 @@ watched for BENCH_SCALE_OBSERVE seconds (default 180) of its upload phase and th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -33,7 +34,15 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_data  # noqa: E402
-from common import OUT, delete_container, fresh_container, say, service_client, settings  # noqa: E402
+from common import (  # noqa: E402
+    OUT,
+    delete_container,
+    fresh_container,
+    say,
+    service_client,
+    settings,
+    stored,
+)
 
 from cloud_backup.local import stack  # noqa: E402
 from cloud_backup.local.api import TERMINAL, AirflowApi, admin_password  # noqa: E402
@@ -223,7 +232,10 @@ def main() -> int:
     finally:
         prober.stop.set()
         prober.join()
-        delete_container(service_client(s).get_container_client(container))
+        client = service_client(s).get_container_client(container)
+        with contextlib.suppress(Exception):
+            report["blobs_stored"] = stored(client).blobs
+        delete_container(client)
 
     rows = xcom_sizes(s, run_id)
     report["xcom"] = {"rows": len(rows), "max_bytes": rows[0]["bytes"] if rows else 0,
