@@ -110,3 +110,21 @@ def test_second_run_is_incremental_and_restore_round_trips(tmp_path: Path, live_
         assert (target / rel).read_bytes() == data
         assert (target / rel).stat().st_mtime_ns == (source / rel).stat().st_mtime_ns
     assert not (target / "escape").exists()  # the symlink was never followed nor restored
+
+
+def test_a_failed_run_exits_non_zero_with_the_tasks_error(tmp_path: Path, live_stack, capsys):
+    """`make backup DIR=<missing>`: the run fails in list_files, fast (no retries), and says why."""
+    import json
+
+    from cloud_backup.local.cli import main
+
+    missing = tmp_path / "not-there"
+    code = main(["backup", str(missing), "--container", "e2e-missing"])
+    out = capsys.readouterr()
+    assert code == 1, out.err
+    result = json.loads(out.out.strip().splitlines()[-1])
+    assert result["state"] == "failed"
+    (failure,) = result["failed_tasks"]
+    assert (failure["task_id"], failure["try_number"]) == ("list_files", 1)
+    assert "does not exist" in failure["error"] and str(missing) in failure["error"]
+    assert "does not exist" in out.err

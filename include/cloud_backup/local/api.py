@@ -55,7 +55,7 @@ class AirflowApi:
         return self._check(self.session.request(method, f"{self.base_url}/api/v2{path}", **kwargs))
 
     # -- DAGs and runs ---------------------------------------------------------------------------
-    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
+    def wait_for_dag(self, dag_id: str, timeout: float = 300) -> dict[str, Any]:
         """Wait until the DAG processor has registered ``dag_id``, then make sure it is unpaused."""
         deadline = time.monotonic() + timeout
         while True:
@@ -108,8 +108,8 @@ class AirflowApi:
         )
         return entry["value"]
 
-    def task_log(self, dag_id: str, run_id: str, ti: dict[str, Any]) -> str:
-        """The text of one task instance's log for its latest try."""
+    def task_log(self, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[dict[str, Any]]:
+        """The structured log entries of one task instance's latest try."""
         data = self.call(
             "GET",
             f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{ti['task_id']}"
@@ -117,12 +117,10 @@ class AirflowApi:
             params={"map_index": ti["map_index"], "full_content": True},
             headers={"Accept": "application/json"},
         )
-        content = data.get("content", "")
-        if isinstance(content, list):
-            return "\n".join(
-                c.get("event", "") if isinstance(c, dict) else str(c) for c in content
-            )
-        return str(content)
+        content = data.get("content", [])
+        if isinstance(content, str):
+            return [{"event": line} for line in content.splitlines()]
+        return [c if isinstance(c, dict) else {"event": str(c)} for c in content]
 
     def wait(
         self,

@@ -27,21 +27,25 @@ def api_for(settings: stack.Settings) -> AirflowApi:
 
 
 def failure_details(api: AirflowApi, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    """Each failed task instance with the error lines of its log."""
+    """Each failed task instance with the exception(s) its log recorded."""
     failed = []
     for ti in api.task_instances(dag_id, run_id, state="failed"):
         try:
-            log = api.task_log(dag_id, run_id, ti)
+            entries = api.task_log(dag_id, run_id, ti)
         except ApiError as exc:
-            log = f"(log unavailable: {exc})"
-        errors = [line for line in log.splitlines() if "rror" in line or "xception" in line]
+            entries = [{"event": f"(log unavailable: {exc})", "level": "error"}]
+        errors = [
+            f"{detail.get('exc_type')}: {detail.get('exc_value')}"
+            for entry in entries
+            for detail in entry.get("error_detail") or []
+        ] or [str(e.get("event")) for e in entries if e.get("level") in ("error", "critical")]
         failed.append(
             {
                 "task_id": ti["task_id"],
                 "map_index": ti["map_index"],
                 "label": ti.get("rendered_map_index"),
                 "try_number": ti["try_number"],
-                "error": "\n".join(errors[-5:]) or log[-2000:],
+                "error": "\n".join(errors[-5:]) or "(no error recorded in the task log)",
             }
         )
     return failed
