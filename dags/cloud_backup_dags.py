@@ -94,6 +94,16 @@ def _params(directory_required: bool, verify_default: str) -> dict[str, Param]:
     }
 
 
+def _allowed_roots() -> list[str]:
+    """The deployment's allowed roots: the Airflow Variable and the environment variable, combined."""
+    from cloud_backup.tasks import ALLOWED_ROOTS_ENV, ALLOWED_ROOTS_VARIABLE, parse_allowed_roots
+
+    from airflow.sdk import Variable
+
+    return parse_allowed_roots(Variable.get(ALLOWED_ROOTS_VARIABLE, default=None),
+                               os.environ.get(ALLOWED_ROOTS_ENV))
+
+
 def _nightly_directory() -> str | None:
     from airflow.sdk import Variable
 
@@ -139,7 +149,8 @@ def list_files() -> list[dict[str, Any]]:
     listing = list_batches(directory=directory, container=params["container"],
                            prefix=params["prefix"], conn_id=CONN_ID,
                            dag_id=context["dag"].dag_id, run_id=context["run_id"],
-                           manifest=_manifest_name(context), limits=limits, options=options)
+                           manifest=_manifest_name(context), limits=limits, options=options,
+                           allowed_roots=_allowed_roots())
     # Only the batch references are mapped over; the rest travels under its own XCom key.
     context["ti"].xcom_push(key="listed", value=listing["listed"])
     return listing["batches"]

@@ -333,12 +333,27 @@ def upload_batch(
         uploader.close()
     report.seconds = round(time.monotonic() - started, 3)
     if errors:
-        first_rel, first_exc = errors[0]
-        raise BatchUploadError(
-            f"batch {batch}: {len(errors)} of {len(entries)} files could not be stored; first: "
-            f"{display(first_rel)!r}: {type(first_exc).__name__}: {str(first_exc).splitlines()[0]}"
-        ) from first_exc
+        raise BatchUploadError(_failure_message(batch, len(entries), errors)) from errors[0][1]
     return report
+
+
+# How many failed files the task's error message names (each is also logged on its own line).
+ERROR_NAMES = 10
+
+
+def _failure_message(batch: int, total: int, errors: list[tuple[str, Exception]]) -> str:
+    """Name every failed file (up to ``ERROR_NAMES``) with its reason, in one error message."""
+    named = sorted(errors, key=lambda e: e[0])[:ERROR_NAMES]
+    lines = [
+        f"  {display(rel)!r}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        for rel, exc in named
+    ]
+    more = len(errors) - len(named)
+    return (
+        f"batch {batch}: {len(errors)} of {total} files could not be stored:\n"
+        + "\n".join(lines)
+        + (f"\n  ... and {more} more (each logged above)" if more else "")
+    )
 
 
 def _log_outcome(report: BatchReport, outcome: FileOutcome) -> None:

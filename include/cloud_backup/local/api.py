@@ -99,6 +99,21 @@ class AirflowApi:
         )
         return page["total_entries"]
 
+    def variable(self, key: str) -> str | None:
+        """An Airflow Variable's value, or None when it is not set."""
+        try:
+            return self.call("GET", f"/variables/{quote(key, safe='')}")["value"]
+        except ApiError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+
+    def set_variable(self, key: str, value: str) -> None:
+        if self.variable(key) is None:
+            self.call("POST", "/variables", json={"key": key, "value": value})
+        else:
+            self.call("PATCH", f"/variables/{quote(key, safe='')}", json={"key": key, "value": value})
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         entry = self.call(
             "GET",

@@ -47,6 +47,20 @@ def failure_details(api: AirflowApi, dag_id: str, run_id: str) -> list[dict[str,
     return failed
 
 
+def allow_directory(api: AirflowApi, directory: str) -> list[str]:
+    """The local demo allows the directory it was given: add it to the allowed-roots Variable.
+
+    A deployment lists its roots itself (Variable or CLOUD_BACKUP_ALLOWED_ROOTS) and never runs this.
+    """
+    from cloud_backup.tasks import ALLOWED_ROOTS_VARIABLE, parse_allowed_roots
+
+    roots = parse_allowed_roots(api.variable(ALLOWED_ROOTS_VARIABLE))
+    if directory not in roots:
+        roots.append(directory)
+        api.set_variable(ALLOWED_ROOTS_VARIABLE, json.dumps(roots))
+    return roots
+
+
 def trigger_and_wait(
     settings: stack.Settings, dag_id: str, conf: dict[str, Any], mapped_task: str,
     timeout: float = 24 * 3600,
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                             "container": args.container, "prefix": args.prefix}
     try:
         if args.command == "backup":
+            allow_directory(api_for(settings), conf["directory"])
             result = run_backup(settings, {**conf, "incremental": not args.full})
         else:
             result = run_restore(settings, {**conf, "target": os.path.abspath(args.target),
