@@ -179,3 +179,9 @@ def start_component(live_stack: stack.Settings, fault_proxy: FaultProxy):
             return stack.start_component(live_stack, name)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def secret_key() -> str:
+    """The marker account key every test connection carries (see SECRET_KEY)."""
+    return SECRET_KEY
