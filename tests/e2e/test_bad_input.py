@@ -42,9 +42,9 @@ def test_conf_that_is_not_an_object_is_refused_at_trigger_time(api, conf) -> Non
         refused = api.call("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
     except ApiError as exc:
         assert str(exc).startswith("HTTP 4"), exc
-        assert "conf" in str(exc)
+        # null conf is no conf: then the field named is the required directory.
+        assert ("directory" if conf is None else "conf") in str(exc), exc
         return
-    # null conf is no conf: then the required directory is what is missing.
     pytest.fail(f"conf {conf!r} was accepted: {refused}")
 
 
@@ -71,7 +71,7 @@ def test_bad_directories_fail_in_list_files_with_a_specific_message_and_no_damag
         str(tmp_path / "a-file"): "is not a directory",
         # Allowed roots (CLOUD_BACKUP_ALLOWED_ROOTS is the temp folder in the tests):
         "/etc": "outside the allowed roots",
-        f"{tmp_path}/../../../etc": "outside the allowed roots",  # escaping through ..
+        f"{tmp_path}/{'../' * len(tmp_path.parts)}etc": "outside the allowed roots",  # via ..
         str(tmp_path / "escape"): "outside the allowed roots",  # escaping through a symlink
     }
     runs = {}

@@ -24,7 +24,8 @@ PARTS = ["azurite", "api-server", "scheduler", "dag-processor", "triggerer"]
 def _cli(*args: str) -> subprocess.CompletedProcess:
     """What `make start` / `make status` run, in the test stack's environment."""
     return subprocess.run([sys.executable, "-m", "cloud_backup.local.cli", *args],
-                          capture_output=True, text=True, env=dict(os.environ), timeout=180)
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(stack.REPO / "include")})
 
 
 def test_start_twice_is_a_no_op_and_status_reports_each_part(live_stack) -> None:

@@ -134,9 +134,7 @@ class AirflowApi:
         )
         content = data.get("content", "")
         if isinstance(content, list):
-            return "\n".join(
-                c.get("event", "") if isinstance(c, dict) else str(c) for c in content
-            )
+            return "\n".join(log_line(c) for c in content)
         return str(content)
 
     def wait(
@@ -159,6 +157,21 @@ class AirflowApi:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
             time.sleep(poll)
+
+
+def log_line(entry: Any) -> str:
+    """One structured log entry as text: its event, then any exception it carries.
+
+    Airflow 3 logs a task's failure as the event "Task failed with exception" with the exception's
+    type and message under ``error_detail``; without them the reason would be lost.
+    """
+    if not isinstance(entry, dict):
+        return str(entry)
+    lines = [str(entry.get("event", ""))]
+    for detail in entry.get("error_detail") or []:
+        if isinstance(detail, dict):
+            lines.append(f"{detail.get('exc_type', 'Exception')}: {detail.get('exc_value', '')}")
+    return "\n".join(lines)
 
 
 def ui_url(base_url: str, dag_id: str, run_id: str) -> str:
