@@ -68,7 +68,7 @@ def test_runs_for_two_directories_both_succeed_and_runs_never_overlap(
         assert end <= start, spans  # no two runs were active at once
     for name, run_id, _ in finished:
         summary = api.xcom(DAG_ID, run_id, "total_bytes", "summary")
-        assert summary["total_bytes"] == sum(len(d) for d in trees[name].values())
+        assert summary["protected_bytes"] == sum(len(d) for d in trees[name].values())
     # Both directories are in the one container, byte for byte.
     both = {**{f"one/{k}": v for k, v in trees["one"].items()},
             **{f"two/{k}": v for k, v in trees["two"].items()}}
