@@ -52,7 +52,15 @@ class AirflowApi:
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", 60)
-        return self._check(self.session.request(method, f"{self.base_url}/api/v2{path}", **kwargs))
+        for attempt in range(4):
+            response = self.session.request(method, f"{self.base_url}/api/v2{path}", **kwargs)
+            # On SQLite, a write can meet "database is locked" (e.g. the audit-log insert that runs
+            # before the endpoint, right after the stack starts): the API answers 500 "Database
+            # error" and rolls the request back, so sending it again is safe.
+            if response.status_code != 500 or "Database error" not in response.text or attempt == 3:
+                return self._check(response)
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     # -- DAGs and runs ---------------------------------------------------------------------------
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
