@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CLI := $(PY) -m cloud_backup.local.cli
 export PYTHONPATH := $(CURDIR)/include
 
-.PHONY: install backup restore start stop status test constraints bench bench-scale
+.PHONY: install backup restore start stop status test test-fast constraints bench bench-scale
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -39,8 +39,13 @@ stop:
 status:
 	@$(CLI) status
 
+# Everything, the fault-injection suite (marker `faults`) included: this is what CI runs.
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# Without the slow end-to-end tests (markers `e2e`, `faults`), for a quick loop while editing.
+test-fast: install
+	@$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 # Refresh constraints.txt from a clean venv after changing requirements.txt.
 constraints:

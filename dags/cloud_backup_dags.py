@@ -13,6 +13,11 @@ Fan-out/fan-in, the Airflow way (after Azure's Durable Functions "cloud backup" 
 Blob names follow the sample: the file's absolute path without its leading `/`
 (`/home/site/a.log` -> `home/site/a.log`), or `prefix/` + the path relative to `directory`.
 
+Only directories under the deployment's allowed roots may be backed up: the Airflow Variable
+`cloud_backup_allowed_roots` (a JSON list of paths) and the environment variable
+`CLOUD_BACKUP_ALLOWED_ROOTS` (paths separated by `:`), combined. A directory outside them, or
+escaping them through `..` or a symlink, fails `list_files` at once, before anything is written.
+
 Trigger with conf `{"directory": "/abs/path"}` (optional `container`, `prefix`), from the UI,
 `airflow dags trigger cloud_backup -c '{"directory": "/abs/path"}'`, or
 `POST /api/v2/dags/cloud_backup/dagRuns`. `cloud_backup_nightly` runs the same tasks every night for
@@ -118,7 +123,8 @@ def _manifest_name(context: Any) -> str:
 @task
 def list_files() -> list[dict[str, Any]]:
     from cloud_backup.batching import BatchLimits
-    from cloud_backup.tasks import BackupOptions, BadRequest, list_files as list_batches
+    from cloud_backup.tasks import BackupOptions, BadRequest, deployment_allowed_roots
+    from cloud_backup.tasks import list_files as list_batches
 
     from airflow.sdk.configuration import conf
 
@@ -139,7 +145,8 @@ def list_files() -> list[dict[str, Any]]:
     listing = list_batches(directory=directory, container=params["container"],
                            prefix=params["prefix"], conn_id=CONN_ID,
                            dag_id=context["dag"].dag_id, run_id=context["run_id"],
-                           manifest=_manifest_name(context), limits=limits, options=options)
+                           manifest=_manifest_name(context), limits=limits, options=options,
+                           allowed_roots=deployment_allowed_roots())
     # Only the batch references are mapped over; the rest travels under its own XCom key.
     context["ti"].xcom_push(key="listed", value=listing["listed"])
     return listing["batches"]
@@ -189,6 +196,11 @@ def _build(dag_id: str, schedule: str | None, directory_required: bool, verify_d
         schedule=schedule,
         start_date=datetime(2026, 1, 1),
         catchup=False,
+        # One active run per DAG: a second run (same or another directory) queues, then runs. Two
+        # runs of one directory thus never write the same blobs at once, and a run already uses the
+        # whole box (PARALLELISM upload tasks, FILE_THREADS files each), so running two directories
+        # side by side would not finish sooner. Per-directory concurrency would need a lock keyed
+        # by directory (a pool per directory cannot be created at trigger time): not worth it.
         max_active_runs=1,
         default_args=DEFAULT_ARGS,
         params=_params(directory_required, verify_default),

@@ -27,6 +27,8 @@ FAIL_FAST = ExceptionRetryPolicy(
     rules=[
         RetryRule(exception="cloud_backup.restore.RestoreRefused", action=RetryAction.FAIL,
                   reason="the restore cannot proceed as asked: retrying cannot help"),
+        RetryRule(exception="cloud_backup.tasks.BadRequest", action=RetryAction.FAIL,
+                  reason="the target is outside the allowed roots"),
     ]
 )
 
@@ -37,10 +39,12 @@ def list_restore() -> list[dict[str, Any]]:
     from cloud_backup.naming import validate_container, validate_prefix
     from cloud_backup.restore import check_target, find_manifest, plan_restore
     from cloud_backup.store import container_client, run_folder
+    from cloud_backup.tasks import check_allowed, deployment_allowed_roots
 
     context = get_current_context()
     params = context["params"]
     target = check_target(params["target"])
+    check_allowed(target, deployment_allowed_roots())  # restores write only where backups may read
     client = container_client(CONN_ID, validate_container(params["container"]))
     manifest = find_manifest(client, params["directory"], validate_prefix(params["prefix"]),
                              params["manifest"] or None)

@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cloud_backup.batching import BatchLimits, make_batches
@@ -40,8 +40,79 @@ class BadRequest(ValueError):
     """The run's configuration cannot be backed up; the message says which field and why."""
 
 
-def check_directory(directory: Any) -> str:
-    """Validate the ``directory`` conf value; return it normalised (absolute, no trailing slash)."""
+ALLOWED_ROOTS_VARIABLE = "cloud_backup_allowed_roots"
+ALLOWED_ROOTS_ENV = "CLOUD_BACKUP_ALLOWED_ROOTS"
+
+
+def parse_allowed_roots(*values: str | None) -> list[str]:
+    """Directory roots from settings: each value a JSON list of paths or an ``os.pathsep`` list.
+
+    A root must be an absolute path; a relative one is a deployment mistake and is refused.
+    """
+    roots: list[str] = []
+    for value in values:
+        if not value or not value.strip():
+            continue
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except ValueError as exc:
+                raise BadRequest(f"allowed roots setting is not a valid JSON list: {exc}") from exc
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise BadRequest("allowed roots setting must be a JSON list of paths")
+        else:
+            items = text.split(os.pathsep)
+        for item in (i.strip() for i in items):
+            if not item:
+                continue
+            if not item.startswith("/"):
+                raise BadRequest(f"allowed root {item!r} is not an absolute path")
+            roots.append(item)
+    return roots
+
+
+def deployment_allowed_roots() -> list[str]:
+    """The deployment's allowed roots: the Airflow Variable and the environment variable, combined.
+
+    Read at run time (inside a task), never when a DAG file is parsed.
+    """
+    from airflow.sdk import Variable
+
+    return parse_allowed_roots(Variable.get(ALLOWED_ROOTS_VARIABLE, default=None),
+                               os.environ.get(ALLOWED_ROOTS_ENV))
+
+
+def check_allowed(directory: str, roots: Sequence[str]) -> None:
+    """Refuse ``directory`` unless it lies under one of ``roots`` once ``..`` and symlinks resolve.
+
+    The check runs on real paths, so ``/allowed/../etc`` or a symlink under a root that points
+    outside it is refused; it runs before any existence check, so a refusal reveals nothing.
+    """
+    if not roots:
+        raise BadRequest(
+            "directory is refused: no directory may be backed up until the deployment lists the "
+            f"allowed roots (Airflow Variable {ALLOWED_ROOTS_VARIABLE!r} or environment variable "
+            f"{ALLOWED_ROOTS_ENV})"
+        )
+    real = os.path.realpath(directory)
+    for root in roots:
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) == real_root:
+            return
+    shown = f"{directory!r}" + (f" (resolves to {real!r})" if real != directory else "")
+    raise BadRequest(
+        f"directory {shown} is outside the allowed roots {list(roots)!r}; the deployment setting "
+        f"{ALLOWED_ROOTS_VARIABLE!r} / {ALLOWED_ROOTS_ENV} lists what may be backed up"
+    )
+
+
+def check_directory(directory: Any, allowed_roots: Sequence[str] | None = None) -> str:
+    """Validate the ``directory`` conf value; return it normalised (absolute, no trailing slash).
+
+    With ``allowed_roots`` (None skips that check, for callers that already did it), the
+    directory must also lie under one of them.
+    """
     if not isinstance(directory, str) or not directory.strip():
         raise BadRequest(f"directory must be a non-empty string, got {directory!r}")
     if not directory.startswith("/"):
@@ -49,6 +120,8 @@ def check_directory(directory: Any) -> str:
             f"directory must be an absolute POSIX path (starting with '/'), got {directory!r}"
         )
     normal = os.path.normpath(directory)
+    if allowed_roots is not None:
+        check_allowed(normal, allowed_roots)
     if not os.path.exists(normal):
         raise BadRequest(f"directory {directory!r} does not exist on this worker")
     if not os.path.isdir(normal):
@@ -85,13 +158,15 @@ def list_files(
     manifest: str,
     limits: BatchLimits,
     options: BackupOptions = BackupOptions(),
+    allowed_roots: Sequence[str] | None,
 ) -> dict[str, Any]:
     """Walk, decide what changed, batch, store the batch listings.
 
     Returns ``{"batches": [...], "listed": {...}}``: the references to map over, and what the
-    later tasks need (counts, the run's folder, the manifest name, the options).
+    later tasks need (counts, the run's folder, the manifest name, the options). ``directory``
+    must lie under ``allowed_roots`` (None: the caller checked already).
     """
-    directory = check_directory(directory)
+    directory = check_directory(directory, allowed_roots)
     try:
         container = validate_container(container)
         prefix = validate_prefix(prefix)

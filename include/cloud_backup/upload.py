@@ -333,12 +333,47 @@ def upload_batch(
         uploader.close()
     report.seconds = round(time.monotonic() - started, 3)
     if errors:
-        first_rel, first_exc = errors[0]
-        raise BatchUploadError(
-            f"batch {batch}: {len(errors)} of {len(entries)} files could not be stored; first: "
-            f"{display(first_rel)!r}: {type(first_exc).__name__}: {str(first_exc).splitlines()[0]}"
-        ) from first_exc
+        from azure.core.exceptions import ClientAuthenticationError
+
+        message = _failure_message(batch, len(entries), errors)
+        refused = [exc for _, exc in errors if _credentials_refused(exc)]
+        if refused:  # raised as itself, so the DAG's retry policy fails the task at once
+            raise ClientAuthenticationError(message=message) from refused[0]
+        raise BatchUploadError(message) from errors[0][1]
     return report
+
+
+# Azure answers a wrong key with 403 AuthenticationFailed (which the SDK raises as
+# ClientAuthenticationError); Azurite with 403 AuthorizationFailure (raised as HttpResponseError).
+_REFUSALS = {"AuthenticationFailed", "AuthorizationFailure", "InvalidAuthenticationInfo",
+             "AuthorizationPermissionMismatch"}
+
+
+def _credentials_refused(exc: Exception) -> bool:
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    if isinstance(exc, ClientAuthenticationError):
+        return True
+    return isinstance(exc, HttpResponseError) and getattr(exc, "error_code", None) in _REFUSALS
+
+
+# How many failed files the task's error message names (each is also logged on its own line).
+ERROR_NAMES = 10
+
+
+def _failure_message(batch: int, total: int, errors: list[tuple[str, Exception]]) -> str:
+    """Name every failed file (up to ``ERROR_NAMES``) with its reason, in one error message."""
+    named = sorted(errors, key=lambda e: e[0])[:ERROR_NAMES]
+    lines = [
+        f"  {display(rel)!r}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        for rel, exc in named
+    ]
+    more = len(errors) - len(named)
+    return (
+        f"batch {batch}: {len(errors)} of {total} files could not be stored:\n"
+        + "\n".join(lines)
+        + (f"\n  ... and {more} more (each logged above)" if more else "")
+    )
 
 
 def _log_outcome(report: BatchReport, outcome: FileOutcome) -> None:

@@ -26,7 +26,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"cloud_backup", "cloud_backup_nightly"}
+    assert set(dagbag.dag_ids) == {"cloud_backup", "cloud_backup_nightly", "cloud_restore"}
 
 
 @pytest.mark.parametrize("dag_id", ["cloud_backup", "cloud_backup_nightly"])

@@ -211,3 +211,16 @@ def test_restore_refuses_to_overwrite_and_restores_a_sub_path(tree: Path, tmp_pa
                                                                    "日本語 (1) 100%.txt"]
     run_dag(cloud_restore, {**conf, "overwrite": True})
     assert (target / "with space" / "and #hash?.txt").read_bytes() == b"odd\n"
+
+
+def test_restore_refuses_a_target_outside_the_allowed_roots(tree: Path, azurite, inproc_db,
+                                                           monkeypatch) -> None:
+    from cloud_restore_dags import cloud_restore
+
+    container = f"rout-{uuid.uuid4().hex[:10]}"
+    _backup(tree, container)
+    monkeypatch.setenv("CLOUD_BACKUP_ALLOWED_ROOTS", str(tree))  # backups may read only there
+    outside = "/var/tmp/cloud-backup-restore-outside"
+    run_dag(cloud_restore, {"directory": str(tree), "target": outside, "container": container},
+            expect="failed")
+    assert not os.path.exists(outside)

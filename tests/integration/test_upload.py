@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from cloud_backup.naming import blob_name_for
-from cloud_backup.upload import SINGLE_PUT_MAX, upload_batch
+from cloud_backup.upload import SINGLE_PUT_MAX, BatchUploadError, upload_batch
 from cloud_backup.walk import FileEntry, walk_tree
+from tests.privileges import as_nobody
 
 ODD_NAMES = [
     "with space.txt",
@@ -134,3 +135,51 @@ def test_compressed_files_are_stored_as_is_without_content_encoding(tmp_path: Pa
     assert blob.get_blob_properties().content_settings.content_encoding is None
     assert blob.get_blob_properties().content_settings.content_type == "application/gzip"
     assert blob.download_blob().readall() == packed  # default download: decompress=True
+
+
+def _upload_as_worker(directory: str, container_name: str):
+    """Run in a child that dropped root: its own client (never one shared across a fork)."""
+    from cloud_backup.store import container_client
+
+    client = container_client("wasb_default", container_name)
+    return upload_batch(client, directory, _entries(Path(directory)), batch=0, prefix="u")
+
+
+def test_unreadable_file_is_skipped_with_its_reason_and_the_rest_stored(open_tmp: Path, container):
+    (open_tmp / "readable.txt").write_bytes(b"ok")
+    (open_tmp / "private.txt").write_bytes(b"root only")
+    (open_tmp / "private.txt").chmod(0o600)
+    report = as_nobody(_upload_as_worker, str(open_tmp), container.container_name)
+    assert (report.files, report.bytes) == (1, 2)
+    assert report.skipped == [["private.txt", "permission denied"]]
+    assert set(_stored(container)) == {"u/readable.txt"}
+
+
+def test_storage_failures_name_every_failed_file_and_fail_the_batch(tmp_path: Path, azurite):
+    from cloud_backup.store import container_client
+
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+    missing = container_client("wasb_default", "no-such-container-here")  # every PUT: 404
+    with pytest.raises(BatchUploadError) as failed:
+        upload_batch(missing, str(tmp_path), _entries(tmp_path), batch=7)
+    message = str(failed.value)
+    assert message.startswith("batch 7: 3 of 3 files could not be stored:")
+    for name in ("a.txt", "b.txt", "c.txt"):
+        assert f"'{name}': ResourceNotFoundError" in message
+
+
+def test_refused_credentials_are_raised_as_such_for_the_fail_fast_policy(tmp_path: Path, azurite):
+    """Regression: a refused key was wrapped in BatchUploadError, so Airflow retried it 3 times."""
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.storage.blob import BlobServiceClient
+
+    from cloud_backup.local.stack import AZURITE_ACCOUNT
+
+    wrong_key = base64.b64encode(b"not the account key" * 3).decode()
+    conn = azurite.replace(azurite.split("AccountKey=")[1].split(";")[0], wrong_key)
+    assert AZURITE_ACCOUNT in conn
+    client = BlobServiceClient.from_connection_string(conn).get_container_client("backups")
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(ClientAuthenticationError, match="could not be stored"):
+        upload_batch(client, str(tmp_path), _entries(tmp_path), batch=0)

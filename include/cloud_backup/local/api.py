@@ -52,7 +52,15 @@ class AirflowApi:
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", 60)
-        return self._check(self.session.request(method, f"{self.base_url}/api/v2{path}", **kwargs))
+        for attempt in range(4):
+            response = self.session.request(method, f"{self.base_url}/api/v2{path}", **kwargs)
+            # On SQLite, a write can meet "database is locked" (e.g. the audit-log insert that runs
+            # before the endpoint, right after the stack starts): the API answers 500 "Database
+            # error" and rolls the request back, so sending it again is safe.
+            if response.status_code != 500 or "Database error" not in response.text or attempt == 3:
+                return self._check(response)
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     # -- DAGs and runs ---------------------------------------------------------------------------
     def wait_for_dag(self, dag_id: str, timeout: float = 300) -> dict[str, Any]:
@@ -99,6 +107,21 @@ class AirflowApi:
         )
         return page["total_entries"]
 
+    def variable(self, key: str) -> str | None:
+        """An Airflow Variable's value, or None when it is not set."""
+        try:
+            return self.call("GET", f"/variables/{quote(key, safe='')}")["value"]
+        except ApiError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+
+    def set_variable(self, key: str, value: str) -> None:
+        if self.variable(key) is None:
+            self.call("POST", "/variables", json={"key": key, "value": value})
+        else:
+            self.call("PATCH", f"/variables/{quote(key, safe='')}", json={"key": key, "value": value})
+
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         entry = self.call(
             "GET",
@@ -108,7 +131,7 @@ class AirflowApi:
         )
         return entry["value"]
 
-    def task_log(self, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[dict[str, Any]]:
+    def task_log_entries(self, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[dict[str, Any]]:
         """The structured log entries of one task instance's latest try."""
         data = self.call(
             "GET",
@@ -121,6 +144,20 @@ class AirflowApi:
         if isinstance(content, str):
             return [{"event": line} for line in content.splitlines()]
         return [c if isinstance(c, dict) else {"event": str(c)} for c in content]
+
+    def task_log(self, dag_id: str, run_id: str, ti: dict[str, Any]) -> str:
+        """One task instance's log (latest try) as text, exceptions included."""
+        return "\n".join(log_line(entry) for entry in self.task_log_entries(dag_id, run_id, ti))
+
+    def task_errors(self, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[str]:
+        """The exceptions (``Type: message``) a task instance's latest try logged."""
+        entries = self.task_log_entries(dag_id, run_id, ti)
+        return [
+            f"{d.get('exc_type', 'Exception')}: {d.get('exc_value', '')}"
+            for entry in entries
+            for d in entry.get("error_detail") or []
+            if isinstance(d, dict)
+        ] or [str(e.get("event")) for e in entries if e.get("level") in ("error", "critical")]
 
     def wait(
         self,
@@ -142,6 +179,21 @@ class AirflowApi:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
             time.sleep(poll)
+
+
+def log_line(entry: Any) -> str:
+    """One structured log entry as text: its event, then any exception it carries.
+
+    Airflow 3 logs a task's failure as the event "Task failed with exception" with the exception's
+    type and message under ``error_detail``; without them the reason would be lost.
+    """
+    if not isinstance(entry, dict):
+        return str(entry)
+    lines = [str(entry.get("event", ""))]
+    for detail in entry.get("error_detail") or []:
+        if isinstance(detail, dict):
+            lines.append(f"{detail.get('exc_type', 'Exception')}: {detail.get('exc_value', '')}")
+    return "\n".join(lines)
 
 
 def ui_url(base_url: str, dag_id: str, run_id: str) -> str:

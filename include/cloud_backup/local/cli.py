@@ -31,14 +31,9 @@ def failure_details(api: AirflowApi, dag_id: str, run_id: str) -> list[dict[str,
     failed = []
     for ti in api.task_instances(dag_id, run_id, state="failed"):
         try:
-            entries = api.task_log(dag_id, run_id, ti)
+            errors = api.task_errors(dag_id, run_id, ti)
         except ApiError as exc:
-            entries = [{"event": f"(log unavailable: {exc})", "level": "error"}]
-        errors = [
-            f"{detail.get('exc_type')}: {detail.get('exc_value')}"
-            for entry in entries
-            for detail in entry.get("error_detail") or []
-        ] or [str(e.get("event")) for e in entries if e.get("level") in ("error", "critical")]
+            errors = [f"(log unavailable: {exc})"]
         failed.append(
             {
                 "task_id": ti["task_id"],
@@ -49,6 +44,20 @@ def failure_details(api: AirflowApi, dag_id: str, run_id: str) -> list[dict[str,
             }
         )
     return failed
+
+
+def allow_directory(api: AirflowApi, directory: str) -> list[str]:
+    """The local demo allows the directory it was given: add it to the allowed-roots Variable.
+
+    A deployment lists its roots itself (Variable or CLOUD_BACKUP_ALLOWED_ROOTS) and never runs this.
+    """
+    from cloud_backup.tasks import ALLOWED_ROOTS_VARIABLE, parse_allowed_roots
+
+    roots = parse_allowed_roots(api.variable(ALLOWED_ROOTS_VARIABLE))
+    if directory not in roots:
+        roots.append(directory)
+        api.set_variable(ALLOWED_ROOTS_VARIABLE, json.dumps(roots))
+    return roots
 
 
 def trigger_and_wait(
@@ -155,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                             "container": args.container, "prefix": args.prefix}
     try:
         if args.command == "backup":
+            allow_directory(api_for(settings), conf["directory"])
             result = run_backup(settings, {**conf, "incremental": not args.full})
         else:
+            allow_directory(api_for(settings), os.path.abspath(args.target))
             result = run_restore(settings, {**conf, "target": os.path.abspath(args.target),
                                             "sub_path": args.sub_path,
                                             "overwrite": args.overwrite})
