@@ -79,19 +79,59 @@ def unpack_stored(packed: bytes) -> tuple[int, int | None, bytes | None]:
     return size, None if mtime_ns < 0 else mtime_ns, None if md5 == b"\0" * 16 else md5
 
 
-def inventory(client: ContainerClient, name_prefix: str) -> dict[str, bytes]:
+def inventory(client: ContainerClient, name_prefix: str, page_size: int = 5000) -> dict[str, bytes]:
     """Every blob under ``name_prefix`` (outside our control prefix) -> packed size/mtime/MD5."""
     stored: dict[str, bytes] = {}
-    for blob in client.list_blobs(name_starts_with=name_prefix or None, include=["metadata"]):
-        if blob.name.startswith(CONTROL_PREFIX):
+    for name, size, md5, metadata in list_blob_pages(client, name_prefix, page_size):
+        if name.startswith(CONTROL_PREFIX):
             continue
-        meta = blob.metadata or {}
-        mtime = meta.get("cb_mtime_ns")
-        md5 = blob.content_settings.content_md5
-        stored[blob.name] = pack_stored(
-            blob.size, int(mtime) if mtime and mtime.isdigit() else None, bytes(md5) if md5 else None
-        )
+        mtime = metadata.get("cb_mtime_ns", "")
+        stored[name] = pack_stored(size, int(mtime) if mtime.isdigit() else None, md5)
     return stored
+
+
+def list_blob_pages(
+    client: ContainerClient, name_prefix: str, page_size: int = 5000
+) -> Iterator[tuple[str, int, bytes | None, dict[str, str]]]:
+    """(name, size, Content-MD5, metadata) of every blob under ``name_prefix``.
+
+    The List Blobs call itself, through the client's own pipeline (auth, retries), parsed with
+    ElementTree: the SDK's ``list_blobs`` deserialises each blob into model objects at ~1 ms of CPU
+    apiece (5 s for 4,400 blobs here, minutes for a million); this takes ~15 µs.
+    """
+    import xml.etree.ElementTree as ElementTree
+    from urllib.parse import quote, unquote
+
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.rest import HttpRequest
+
+    base, _, sas = client.url.partition("?")
+    marker = ""
+    while True:
+        query = f"restype=container&comp=list&include=metadata&maxresults={page_size}"
+        if name_prefix:
+            query += "&prefix=" + quote(name_prefix, safe="")
+        if marker:
+            query += "&marker=" + quote(marker, safe="")
+        if sas:
+            query += "&" + sas
+        response = client._client._send_request(HttpRequest("GET", f"{base}?{query}"))
+        if response.status_code != 200:
+            raise HttpResponseError(response=response)
+        root = ElementTree.fromstring(response.read())
+        for blob in root.iterfind("Blobs/Blob"):
+            name_node = blob.find("Name")
+            name = name_node.text or ""
+            if name_node.get("Encoded") == "true":  # names with characters XML cannot carry
+                name = unquote(name)
+            props = blob.find("Properties")
+            md5 = props.findtext("Content-MD5")
+            metadata = {m.tag: m.text or "" for m in blob.find("Metadata") or ()}
+            yield (name, int(props.findtext("Content-Length") or 0),
+                   base64.b64decode(md5) if md5 else None, metadata)
+        marker = root.findtext("NextMarker") or ""
+        if not marker:
+            return
 
 
 # -- Parts: gzipped JSON-lines blobs a run writes and later joins into its manifest ---------------
