@@ -165,7 +165,7 @@ class AirflowApi:
         run_id: str,
         *,
         timeout: float = 3600,
-        poll: float = 2,
+        poll: float = 1,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Poll a run until it succeeds or fails; ``on_progress`` sees each poll's run dict."""
