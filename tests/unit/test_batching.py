@@ -61,6 +61,9 @@ def test_a_huge_file_does_not_hold_small_ones_behind_it() -> None:
     assert len(holding_huge) == 1 and len(holding_huge[0]) == 1
 
 
-def test_large_files_are_balanced_by_bytes() -> None:
-    batches = _batches(_files([GiB] * 8), BatchLimits(parallelism=4))
-    assert [sum(e.size for e in b) for b in batches] == [2 * GiB] * 4
+def test_large_files_are_balanced_by_bytes_over_few_streams() -> None:
+    batches = _batches(_files([GiB] * 8), BatchLimits(parallelism=4, byte_parallelism=2))
+    assert [sum(e.size for e in b) for b in batches] == [4 * GiB] * 2
+    small_and_large = _batches(_files([GiB] * 4 + [4096] * 20_000), BatchLimits(parallelism=4))
+    large = [b for b in small_and_large if b[0].size == GiB]
+    assert 1 <= len(large) <= 2 and len(small_and_large) - len(large) >= 3
