@@ -28,42 +28,23 @@ the directory in the Airflow Variable `cloud_backup_nightly_directory` (or the e
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
-
-CONN_ID = "wasb_default"
-# Upload tasks that may run at once per run, and files in flight inside each: the box's real
-# parallelism (Azurite and the uploads share 2 cores with Airflow), not the file count.
-PARALLELISM = int(os.environ.get("CLOUD_BACKUP_PARALLELISM", "4"))
-FILE_THREADS = int(os.environ.get("CLOUD_BACKUP_FILE_THREADS", "16"))
-RETRY_DELAY = timedelta(seconds=float(os.environ.get("CLOUD_BACKUP_RETRY_DELAY", "10")))
-NIGHTLY_SCHEDULE = os.environ.get("CLOUD_BACKUP_NIGHTLY_SCHEDULE", "0 2 * * *")
-
-CONTAINER_PATTERN = r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
-PREFIX_PATTERN = r"^(?!.*(^|/)\.\.?(/|$))[^\\]*$"
-
-# Bad input fails at once; storage trouble is retried with back-off.
-FAIL_FAST = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(exception="cloud_backup.tasks.BadRequest", action=RetryAction.FAIL,
-                  reason="bad configuration: retrying cannot help"),
-        RetryRule(exception="cloud_backup.verify.VerificationFailed", action=RetryAction.FAIL,
-                  reason="the stored backup does not match its manifest"),
-        RetryRule(exception="azure.core.exceptions.ClientAuthenticationError",
-                  action=RetryAction.FAIL, reason="the storage refused the credentials"),
-    ]
+from cloud_backup.dag_settings import (
+    CONN_ID,
+    CONTAINER_PATTERN,
+    FILE_THREADS,
+    NIGHTLY_SCHEDULE,
+    PARALLELISM,
+    PREFIX_PATTERN,
+    batch_label,
+    collect,
+    default_args,
 )
 
-DEFAULT_ARGS: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay": RETRY_DELAY,
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-    "retry_policy": FAIL_FAST,
-}
+DEFAULT_ARGS = default_args()
 
 
 def _params(directory_required: bool, verify_default: str) -> dict[str, Param]:
@@ -156,8 +137,7 @@ def list_files() -> list[dict[str, Any]]:
 def upload(batch: dict[str, Any], listed: dict[str, Any]) -> dict[str, Any]:
     from cloud_backup.tasks import upload as upload_one
 
-    more = batch["files"] - 1
-    get_current_context()["batch_label"] = batch["first"] + (f" (+{more} files)" if more else "")
+    get_current_context()["batch_label"] = batch_label(batch)
     return upload_one(batch=batch, listed=listed, conn_id=CONN_ID, threads=FILE_THREADS)
 
 
@@ -166,11 +146,8 @@ def upload(batch: dict[str, Any], listed: dict[str, Any]) -> dict[str, Any]:
 def total_bytes(listed: dict[str, Any], reports: list[dict[str, Any]] | None) -> int:
     from cloud_backup.tasks import finish
 
-    # Fetch the mapped results in slices: iterating item by item probes one past the end.
-    reports = reports or []
-    collected = [r for start in range(0, len(reports), 100) for r in reports[start:start + 100]]
     context = get_current_context()
-    summary = finish(listed, collected, CONN_ID, context["dag"].dag_id, context["run_id"])
+    summary = finish(listed, collect(reports), CONN_ID, context["dag"].dag_id, context["run_id"])
     context["ti"].xcom_push(key="summary", value=summary)
     return summary["total_bytes"]
 

@@ -12,26 +12,18 @@ Trigger with conf `{"directory": "/path/that/was/backed/up", "target": "/abs/res
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
-
-CONN_ID = "wasb_default"
-PARALLELISM = int(os.environ.get("CLOUD_BACKUP_PARALLELISM", "4"))
-RETRY_DELAY = timedelta(seconds=float(os.environ.get("CLOUD_BACKUP_RETRY_DELAY", "10")))
-
-FAIL_FAST = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(exception="cloud_backup.restore.RestoreRefused", action=RetryAction.FAIL,
-                  reason="the restore cannot proceed as asked: retrying cannot help"),
-        RetryRule(exception="cloud_backup.tasks.BadRequest", action=RetryAction.FAIL,
-                  reason="the target is outside the allowed roots"),
-    ]
+from cloud_backup.dag_settings import (
+    CONN_ID,
+    CONTAINER_PATTERN,
+    PARALLELISM,
+    batch_label,
+    collect,
+    default_args,
 )
-
 
 @task
 def list_restore() -> list[dict[str, Any]]:
@@ -64,8 +56,7 @@ def download(batch: dict[str, Any], restore: dict[str, Any]) -> dict[str, Any]:
     from cloud_backup.store import container_client
 
     context = get_current_context()
-    more = batch["files"] - 1
-    context["batch_label"] = batch["first"] + (f" (+{more} files)" if more else "")
+    context["batch_label"] = batch_label(batch)
     params = context["params"]
     client = container_client(CONN_ID, params["container"])
     return restore_batch(client, restore["target"], batch["listing"], params["overwrite"])
@@ -73,8 +64,7 @@ def download(batch: dict[str, Any], restore: dict[str, Any]) -> dict[str, Any]:
 
 @task(trigger_rule="none_failed")
 def restored_bytes(restore: dict[str, Any], reports: list[dict[str, Any]] | None) -> int:
-    reports = reports or []
-    collected = [r for start in range(0, len(reports), 100) for r in reports[start:start + 100]]
+    collected = collect(reports)
     files = sum(r["files"] for r in collected)
     total = sum(r["bytes"] for r in collected)
     if (files, total) != (restore["files"], restore["bytes"]):
@@ -90,15 +80,13 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 3, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": 2.0,
-                  "max_retry_delay": timedelta(minutes=10), "retry_policy": FAIL_FAST},
+    default_args=default_args(),
     params={
         "directory": Param(None, type=["null", "string"], pattern="^/", title="Backed-up directory",
                            description="Restore the latest successful backup of this directory."),
         "target": Param(type="string", pattern="^/", minLength=2, title="Target directory",
                         description="Absolute path to restore into (created if missing)."),
-        "container": Param("backups", type="string",
-                           pattern=r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"),
+        "container": Param("backups", type="string", pattern=CONTAINER_PATTERN),
         "prefix": Param("", type="string", description="The prefix the backup used, if any."),
         "manifest": Param("", type="string",
                           description="A manifest blob to restore from instead of the latest."),
