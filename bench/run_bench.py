@@ -2,7 +2,7 @@
 
 Every contender uploads the same data set into a fresh container of the stack's Azurite; each
 result is verified (blob count and bytes) and the container deleted. Medians of BENCH_RUNS runs
-(default 3) per case; BENCH_CASES picks cases (default small,large,one_file) and BENCH_CONTENDERS
+(default 3) per case; BENCH_CASES picks cases (default small,large,one_file,noop,churn) and BENCH_CONTENDERS
 contenders. The table goes to stderr, one JSON line to stdout, the chart to bench/out/bench.png.
 """
 
@@ -46,11 +46,12 @@ from gen_data import DataSet  # noqa: E402
 
 from cloud_backup.local import stack  # noqa: E402
 from cloud_backup.local.api import AirflowApi, admin_password  # noqa: E402
-from cloud_backup.local.cli import DAG_ID, run_backup  # noqa: E402
+from cloud_backup.local.cli import DAG_ID, allow_directory, run_backup  # noqa: E402
 
 PEERS = ("rclone", "azcopy", "az")
 CONTENDERS = ("dag", *PEERS, "ceiling")
-CASES = ("small", "large", "one_file")
+CASES = ("small", "large", "one_file", "noop", "churn")
+INCREMENTAL = ("noop", "churn")  # second runs of the small set: bench/incremental.py
 RCLONE_TRANSFERS = [int(t) for t in os.environ.get("BENCH_RCLONE_TRANSFERS", "4,8,16,32").split(",")]
 CEILING_THREADS = int(os.environ.get("BENCH_CEILING_THREADS", "16"))
 
@@ -285,21 +286,26 @@ def main() -> int:
         say(f"unknown case or contender: {sorted(unknown)}")
         return 2
     s = settings()
-    states = stack.health(s)
-    if not all(state == "running" for state in states.values()):
-        say(f"the local stack is not up ({states}); run `make start` first")
-        return 2
+    stack.start(s)  # a no-op when it runs; waits until every part is healthy
     api = AirflowApi(s.api_url, "admin", admin_password(s.airflow_home))
     load = os.getloadavg()[0]
     if load > 1.0:
         say(f"warning: load average {load:.1f} before starting: other work will skew the figures")
     if "dag" in contenders:
+        allow_directory(api, str(gen_data.DATA))  # as `make backup` allows its DIR
         say("Warm-up: one untimed DAG run on the one_file data set ...")
         warm = gen_data.make("one_file")
         timed(s, "dag", warm, dag_upload(s, warm, api, []))
 
     results: dict[str, dict[str, Any]] = {}
     for case in cases:
+        if case in INCREMENTAL:
+            if case not in results:
+                from incremental import run_incremental
+
+                both = run_incremental(s, api, runs)
+                results.update({c: both[c] for c in INCREMENTAL if c in cases})
+            continue
         data = gen_data.make(case)
         results[case] = run_case(s, data, contenders, runs, api)
         # A long benchmark that dies late still leaves the cases it finished.
