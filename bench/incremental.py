@@ -18,7 +18,6 @@ import os
 import random
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from common import (  # noqa: E402
     settings,
     verify,
 )
-from run_bench import up_rclone  # noqa: E402
+from run_bench import _seconds, up_rclone  # noqa: E402
 
 from cloud_backup.local import stack  # noqa: E402
 from cloud_backup.local.api import AirflowApi, admin_password  # noqa: E402
@@ -60,8 +59,7 @@ def _dag_pass(s: stack.Settings, api: AirflowApi, data: gen_data.DataSet, contai
         raise RuntimeError(f"DAG run {result['dag_run_id']}: {result['state']}, uploaded "
                            f"{result.get('files')} files, expected {expect_files}")
     run = api.run(DAG_ID, result["dag_run_id"])
-    return (datetime.fromisoformat(run["end_date"])
-            - datetime.fromisoformat(run["queued_at"])).total_seconds()
+    return _seconds(run["queued_at"], run["end_date"])
 
 
 def _check_rewritten(client: Any, data: gen_data.DataSet, prefix: str,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloud_backup.batching import BatchLimits, make_batches
 from cloud_backup.naming import display
-from cloud_backup.store import read_latest, read_part
+from cloud_backup.store import PartWriter, read_latest, read_part
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -133,11 +133,10 @@ def plan_restore(
 
         batches = []
         for index, batch in enumerate(make_batches(items(), files, total, limits)):
-            listing = f"{folder}restore-{index:05d}.jsonl"
-            lines = "".join(
-                json.dumps([e.rel, e.size, e.mtime_ns, e.md5, e.blob]) + "\n" for e in batch.files
-            )
-            client.upload_blob(listing, lines.encode("utf-8", "surrogateescape"), overwrite=True)
+            listing = f"{folder}restore-{index:05d}.jsonl.gz"
+            with PartWriter(client, listing) as part:
+                for e in batch.files:
+                    part.write([e.rel, e.size, e.mtime_ns, e.md5, e.blob])
             batches.append({"batch": index, "listing": listing, "files": len(batch.files),
                             "bytes": batch.bytes, "first": display(batch.files[0].rel)})
     log.info("Restoring %d files (%d bytes) from %s into %s in %d batches",
@@ -175,8 +174,7 @@ def _restore_one(client: ContainerClient, target: str, item: RestoreItem, overwr
 def restore_batch(client: ContainerClient, target: str, listing: str, overwrite: bool,
                   threads: int = 8) -> dict[str, Any]:
     """Download one batch; raise ``RestoreFailed`` naming the files that did not restore intact."""
-    raw = client.download_blob(listing).readall().decode("utf-8", "surrogateescape")
-    items = [RestoreItem(*json.loads(line)) for line in raw.splitlines() if line]
+    items = [RestoreItem(*record) for record in read_part(client, listing)]
     errors: list[str] = []
 
     def one(item: RestoreItem) -> int:

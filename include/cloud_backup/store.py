@@ -217,16 +217,12 @@ def read_latest(client: ContainerClient, directory: str, prefix: str) -> dict | 
 
 
 def write_listing(client: ContainerClient, blob_name: str, entries: Iterable[FileEntry]) -> None:
-    """Store file entries as gzipped JSON lines ``[rel, size, mtime_ns, stored_md5, stored_mtime]``."""
-    lines = "".join(
-        json.dumps([e.rel, e.size, e.mtime_ns, e.stored_md5, e.stored_mtime_ns]) + "\n"
-        for e in entries
-    )
-    data = gzip.compress(lines.encode("utf-8"), compresslevel=5)
-    client.upload_blob(blob_name, data, overwrite=True)
+    """Store a batch's file entries as a part: ``[rel, size, mtime_ns, stored_md5, stored_mtime]``."""
+    with PartWriter(client, blob_name) as part:
+        for e in entries:
+            part.write([e.rel, e.size, e.mtime_ns, e.stored_md5, e.stored_mtime_ns])
 
 
 def read_listing(client: ContainerClient, blob_name: str) -> list[FileEntry]:
     """Read back what ``write_listing`` stored."""
-    data = gzip.decompress(client.download_blob(blob_name).readall())
-    return [FileEntry(*json.loads(line)) for line in data.decode("utf-8").splitlines() if line]
+    return [FileEntry(*record) for record in read_part(client, blob_name)]
