@@ -154,16 +154,9 @@ def total_bytes(listed: dict[str, Any], reports: list[dict[str, Any]] | None) ->
 
 @task
 def verify(listed: dict[str, Any]) -> dict[str, Any] | None:
-    from cloud_backup.naming import blob_name_for
-    from cloud_backup.store import container_client
-    from cloud_backup.verify import verify_manifest
+    from cloud_backup.tasks import verify as verify_run
 
-    mode = get_current_context()["params"]["verify"]
-    if mode == "off":
-        return None
-    client = container_client(CONN_ID, listed["container"])
-    return verify_manifest(client, listed["manifest"],
-                           blob_name_for(listed["directory"], "", listed["prefix"]), mode)
+    return verify_run(listed, get_current_context()["params"]["verify"], CONN_ID)
 
 
 def _build(dag_id: str, schedule: str | None, directory_required: bool, verify_default: str,

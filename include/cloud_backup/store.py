@@ -90,6 +90,24 @@ def inventory(client: ContainerClient, name_prefix: str, page_size: int = 5000) 
     return stored
 
 
+# The statuses of manifest lines whose blob the container holds after the run.
+STORED_STATUSES = ("uploaded", "unchanged", "kept")
+
+
+def manifest_inventory(client: ContainerClient, manifest: str) -> dict[str, bytes]:
+    """What a run's manifest says the container holds: blob name -> packed size/mtime/MD5.
+
+    One download of a gzipped file (~50 bytes a file) instead of listing the container, which
+    Azurite serves at ~6,000 blobs/s (3.3 s for 20,000: as long as rclone's whole no-op copy).
+    """
+    stored: dict[str, bytes] = {}
+    for record in read_part(client, manifest):
+        if record.get("status") in STORED_STATUSES and record.get("md5"):
+            stored[record["blob"]] = pack_stored(record["size"], record.get("mtime_ns"),
+                                                 bytes.fromhex(record["md5"]))
+    return stored
+
+
 def list_blob_pages(
     client: ContainerClient, name_prefix: str, page_size: int = 5000
 ) -> Iterator[tuple[str, int, bytes | None, dict[str, str]]]:
@@ -142,12 +160,22 @@ class PartWriter:
         self.client, self.blob_name, self.count = client, blob_name, 0
         self._file: IO[bytes] = tempfile.TemporaryFile()
         self._gzip = gzip.GzipFile(fileobj=self._file, mode="wb", compresslevel=5)
+        self._lines: list[str] = []
 
     def write(self, record: Any) -> None:
-        self._gzip.write((json.dumps(record, ensure_ascii=True) + "\n").encode("ascii"))
+        # Lines go to gzip a thousand at a time: one compress call per line cost 10 us a file.
+        self._lines.append(json.dumps(record, ensure_ascii=True))
         self.count += 1
+        if len(self._lines) >= 1000:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._lines:
+            self._gzip.write(("\n".join(self._lines) + "\n").encode("ascii"))
+            self._lines.clear()
 
     def close(self) -> None:
+        self._flush()
         self._gzip.close()
         size = self._file.tell()
         self._file.seek(0)
@@ -214,6 +242,19 @@ def read_latest(client: ContainerClient, directory: str, prefix: str) -> dict | 
         return json.loads(client.download_blob(latest_name(directory, prefix)).readall())
     except ResourceNotFoundError:
         return None
+
+
+def distrust_latest(client: ContainerClient, directory: str, prefix: str, manifest: str,
+                    reason: str) -> None:
+    """Mark ``manifest`` (if it is the latest) as not matching the container any more.
+
+    The next backup then lists the container instead of trusting the manifest, and re-uploads
+    whatever is missing or altered; restores still find the manifest.
+    """
+    latest = read_latest(client, directory, prefix)
+    if latest and latest.get("manifest") == manifest:
+        latest["listing_required"] = reason
+        client.upload_blob(latest_name(directory, prefix), json.dumps(latest), overwrite=True)
 
 
 def write_listing(client: ContainerClient, blob_name: str, entries: Iterable[FileEntry]) -> None:

@@ -21,8 +21,11 @@ from cloud_backup.store import (
     PartWriter,
     compose,
     container_client,
+    distrust_latest,
     ensure_container,
     inventory,
+    manifest_inventory,
+    read_latest,
     read_listing,
     read_part,
     run_folder,
@@ -31,6 +34,7 @@ from cloud_backup.store import (
     write_listing,
 )
 from cloud_backup.upload import REPORT_NAMES, BatchReport, upload_batch
+from cloud_backup.verify import VerificationFailed, verify_manifest
 from cloud_backup.walk import FileEntry, Skipped, walk_tree
 
 log = logging.getLogger(__name__)
@@ -175,9 +179,11 @@ def list_files(
     client = container_client(conn_id, container)
     ensure_container(client)
     folder = run_folder(dag_id, run_id)
-    stored = inventory(client, blob_name_for(directory, "", prefix))
+    name_prefix = blob_name_for(directory, "", prefix)
+    stored, source = stored_state(client, directory, prefix, options)
     stored_count = len(stored)
-    log.info("The container holds %d blobs under this directory's names", stored_count)
+    log.info("The container holds %d blobs under this directory's names (from %s)",
+             stored_count, source)
     skipped: list[Skipped] = []
     unreadable: list[str] = []
     files = total = skipped_count = unchanged = unchanged_bytes = 0
@@ -187,6 +193,7 @@ def list_files(
         tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogateescape") as spool,
         PartWriter(client, f"{folder}listed-skipped.jsonl.gz") as skipped_part,
         PartWriter(client, f"{folder}listed-unchanged.jsonl.gz") as unchanged_part,
+        PartWriter(client, f"{folder}listed-kept.jsonl.gz") as kept_part,
     ):
         for item in walk_tree(directory):
             packed = stored.pop(blob_name_for(directory, item.rel, prefix), None)
@@ -219,8 +226,20 @@ def list_files(
             spool.write(
                 json.dumps([item.rel, item.size, item.mtime_ns, stored_md5, stored_mtime]) + "\n"
             )
-        # What is left in `stored` has no file any more: deleted locally since it was backed up.
+        # What is left in `stored` has no file any more: deleted locally since it was backed up,
+        # or under a directory this run could not read. Unless mirrored away, such blobs stay,
+        # and the manifest says so ("kept"): it describes all the container holds for the tree.
         gone = sorted(n for n in stored if not n.startswith(tuple(unreadable)))
+        for name in sorted(stored):
+            if options.mirror and not name.startswith(tuple(unreadable)):
+                continue  # deleted by the reduce, recorded there
+            size, mtime_ns, md5 = unpack_stored(stored[name])
+            kept_part.write(
+                {"path": name[len(name_prefix):], "blob": name, "status": "kept", "size": size,
+                 "mtime_ns": mtime_ns, "md5": md5.hex() if md5 else None,
+                 "reason": "directory unreadable in this run" if name.startswith(tuple(unreadable))
+                 else "file deleted locally"}
+            )
         del stored
         for index, batch in enumerate(make_batches(_read_spool(spool), files, total, limits)):
             listing = f"{folder}batch-{index:05d}.jsonl.gz"
@@ -266,8 +285,50 @@ def list_files(
         "skipped": [[display(s.rel), s.reason] for s in skipped],
         "gone_count": len(gone),
         "mirror": options.mirror,
+        "compared_with": source,
     }
     return {"batches": batches, "listed": listed}
+
+
+def stored_state(
+    client: Any, directory: str, prefix: str, options: BackupOptions
+) -> tuple[dict[str, bytes], str]:
+    """What the container holds under ``directory``'s names, and where that knowledge came from.
+
+    The latest successful backup's manifest says it in one download; a listing of the container
+    is the fallback when there is none, when a verify found the container no longer matches it,
+    and for mirror runs, whose deletions must rest on what is really there.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
+    latest = None if options.mirror else read_latest(client, directory, prefix)
+    if latest and latest.get("listing_required"):
+        log.warning("Not trusting the latest manifest %s (%s): listing the container",
+                    latest["manifest"], latest["listing_required"])
+    elif latest:
+        try:
+            return manifest_inventory(client, latest["manifest"]), f"manifest {latest['manifest']}"
+        except ResourceNotFoundError:
+            log.warning("The latest manifest %s is gone: listing the container", latest["manifest"])
+    return inventory(client, blob_name_for(directory, "", prefix)), "a listing of the container"
+
+
+def verify(listed: Mapping[str, Any], mode: str, conn_id: str) -> dict[str, Any] | None:
+    """Check the run's manifest against the container (``mode`` quick or full; off: do nothing).
+
+    On a mismatch the latest-backup record stops vouching for the container, so the next run
+    lists it and re-uploads what is missing or altered, then the run fails naming the files.
+    """
+    if mode == "off":
+        return None
+    client = container_client(conn_id, listed["container"])
+    try:
+        return verify_manifest(client, listed["manifest"],
+                               blob_name_for(listed["directory"], "", listed["prefix"]), mode)
+    except VerificationFailed as exc:
+        distrust_latest(client, listed["directory"], listed["prefix"], listed["manifest"],
+                        f"verify ({mode}) failed: {str(exc).splitlines()[0]}")
+        raise
 
 
 def upload(
@@ -315,7 +376,8 @@ def finish(
     client = container_client(conn_id, listed["container"])
     folder = listed["folder"]
     deleted = _delete_gone(client, folder) if listed["mirror"] else 0
-    parts = [f"{folder}listed-skipped.jsonl.gz", f"{folder}listed-unchanged.jsonl.gz"]
+    parts = [f"{folder}listed-skipped.jsonl.gz", f"{folder}listed-unchanged.jsonl.gz",
+             f"{folder}listed-kept.jsonl.gz"]
     parts += [f"{folder}result-{i:05d}.jsonl.gz" for i in range(listed["batch_count"])]
     parts.append(f"{folder}deleted.jsonl.gz")
     compose(client, listed["manifest"], parts)
@@ -338,6 +400,7 @@ def finish(
         "vanished": merged.vanished,
         "deleted": deleted,
         "kept_without_file": 0 if listed["mirror"] else listed["gone_count"],
+        "compared_with": listed["compared_with"],
     }
     write_latest(client, listed["directory"], listed["prefix"],
                  {"manifest": listed["manifest"], "dag_id": dag_id, "run_id": run_id,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cloud_backup.naming import blob_name_for
-from cloud_backup.store import container_client
+from cloud_backup.store import container_client, read_latest
 from tests.runs import blobs, run_dag, xcom
 
 AWKWARD = {
@@ -154,6 +154,13 @@ def test_mirror_deletes_only_with_the_param_and_within_the_limit(tmp_path: Path,
         (tmp_path / f"f{i:03d}").unlink()
     _, kept = _backup(tmp_path, container)
     assert kept["deleted"] == 0 and kept["kept_without_file"] == 3
+    kept_lines = [r for r in _manifest(container, kept["manifest"]) if r["status"] == "kept"]
+    assert sorted(r["path"] for r in kept_lines) == ["f000", "f001", "f002"]
+    assert all(r["reason"] == "file deleted locally" and r["md5"] for r in kept_lines)
+    # The next run compares with that manifest, not a listing, and still knows of the three.
+    _, again = _backup(tmp_path, container)
+    assert again["compared_with"] == f"manifest {kept['manifest']}"
+    assert again["kept_without_file"] == 3 and again["files"] == 0
     assert len(blobs(container)) == 100
     _, mirrored = _backup(tmp_path, container, mirror=True)
     assert mirrored["deleted"] == 3 and len(blobs(container)) == 97
@@ -224,3 +231,33 @@ def test_restore_refuses_a_target_outside_the_allowed_roots(tree: Path, azurite,
     run_dag(cloud_restore, {"directory": str(tree), "target": outside, "container": container},
             expect="failed")
     assert not os.path.exists(outside)
+
+
+def test_a_verify_failure_makes_the_next_run_list_and_repair(tree: Path, azurite,
+                                                             inproc_db) -> None:
+    """Runs trust the latest manifest; once a verify finds the container differs, they stop."""
+    from cloud_backup_dags import cloud_backup
+
+    container = f"heal-{uuid.uuid4().hex[:12]}"
+    _, first = _backup(tree, container)
+    assert first["compared_with"] == "a listing of the container"
+    name = blob_name_for(str(tree), "plain.txt")
+    container_client("wasb_default", container).delete_blob(name)  # lost behind our back
+
+    _, trusting = _backup(tree, container)  # the manifest still says it is there
+    assert trusting["compared_with"] == f"manifest {first['manifest']}"
+    assert trusting["files"] == 0 and name not in blobs(container)
+
+    failed = run_dag(cloud_backup, {"directory": str(tree), "container": container,
+                                    "verify": "quick"}, expect="failed")
+    assert failed.get_task_instance("verify").state == "failed"
+    latest = read_latest(container_client("wasb_default", container), str(tree), "")
+    assert latest["manifest"] == xcom(failed, "total_bytes", "summary")["manifest"]
+    assert latest["listing_required"].startswith("verify (quick) failed: 1 of ")
+
+    run, repaired = _backup(tree, container, verify="quick")
+    assert repaired["compared_with"] == "a listing of the container"
+    assert repaired["files"] == 1 and repaired["total_bytes"] == len(AWKWARD["plain.txt"])
+    assert container_client("wasb_default", container).download_blob(name).readall() == b"plain\n"
+    _, after = _backup(tree, container)  # trusted again after a verified run
+    assert after["compared_with"] == f"manifest {repaired['manifest']}"
