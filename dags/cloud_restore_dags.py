@@ -50,7 +50,8 @@ def list_restore() -> list[dict[str, Any]]:
     return plan["batches"]
 
 
-@task(map_index_template="{{ batch_label }}", max_active_tis_per_dagrun=PARALLELISM)
+@task(map_index_template="{{ batch_label }}", max_active_tis_per_dagrun=PARALLELISM,
+      multiple_outputs=False)  # one return_value XCom, not one per key of the dict
 def download(batch: dict[str, Any], restore: dict[str, Any]) -> dict[str, Any]:
     from cloud_backup.restore import restore_batch
     from cloud_backup.store import container_client

@@ -39,9 +39,15 @@ def test_shape(dagbag, dag_id: str) -> None:
     assert dag.get_task("total_bytes").downstream_task_ids == {"verify"}
     upload = dag.get_task("upload")
     assert upload.map_index_template == "{{ batch_label }}"
+    # Its dict result is one XCom; inferred multiple_outputs would push each key as one more.
+    assert upload.multiple_outputs is False
     assert upload.retries >= 3 and upload.retry_exponential_backoff >= 2
     assert dag.get_task("total_bytes").trigger_rule == "none_failed"
     assert dag.max_active_runs == 1 and dag.catchup is False
+
+
+def test_restore_download_pushes_one_xcom(dagbag) -> None:
+    assert dagbag.dags["cloud_restore"].get_task("download").multiple_outputs is False
 
 
 def test_nightly_is_scheduled_and_its_defaults_validate(dagbag) -> None:
