@@ -8,7 +8,6 @@ forward slashes (``/home/site/a.log`` -> ``home/site/a.log``). With a ``prefix``
 from __future__ import annotations
 
 import functools
-
 import re
 from pathlib import PurePosixPath
 
