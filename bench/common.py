@@ -7,9 +7,11 @@ clients and the contenders' environments: it is not printed or logged.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -41,6 +43,9 @@ BOOKKEEPING = "_cloud_backup/"
 # azure-storage-blob 12.31 defaults to an API version Azurite 3.35 rejects without
 # --skipApiVersionCheck (FACTS.md); pin one it knows, so this works either way.
 API_VERSION = "2025-11-05"
+# Importing Airflow (through cloud_backup.local) sends INFO logs to stdout, where azure-core's HTTP
+# logging policy would print every request around the one JSON line the benchmark promises.
+logging.getLogger("azure").setLevel(logging.WARNING)
 
 
 def say(message: str) -> None:
@@ -120,20 +125,25 @@ def delete_container(client: ContainerClient) -> None:
         say(f"  warning: could not delete {client.container_name}: {exc}")
 
 
-def wait_for_disk(s: stack.Settings, need_bytes: int, timeout: float = 15 * 60) -> None:
-    """Azurite frees deleted blobs' extents only in its GC pass (every 10 minutes): wait for it
-    rather than fill the disk when a large run is about to store ``need_bytes``."""
-    location = s.state / "azurite"
-    margin = 5 * 1024**3
-    deadline = time.monotonic() + timeout
-    warned = False
-    while shutil.disk_usage(location).free < need_bytes + margin:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not enough free disk under {location} for {need_bytes} bytes")
-        if not warned:
-            say(f"  waiting for Azurite's GC to free disk under {location} ...")
-            warned = True
-        time.sleep(10)
+def fresh_azurite(s: stack.Settings) -> None:
+    """Restart the stack's Azurite on an empty folder, with every earlier write on disk.
+
+    Before each timed try, so no contender pays for another's leftovers: Azurite slows down as its
+    metadata (one LokiJS file) grows, deletes the extents of deleted containers in a GC pass every
+    10 minutes (I/O at a random moment), and the kernel writes back a previous try's dirty pages
+    (8 GiB for the large set) while the next one runs. Same Azurite, same flags, same port: the
+    stack's Airflow reconnects on its next request.
+    """
+    pid = stack.pid_of(s, "azurite")
+    if pid:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while stack.pid_of(s, "azurite") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    shutil.rmtree(s.state / "azurite", ignore_errors=True)
+    os.sync()
+    stack.start_component(s, "azurite")
+    stack.wait_for_port(s.azurite_port, timeout=30)
 
 
 def median(values: Sequence[float]) -> float:

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,6 +84,17 @@ os.environ.update(
         "AIRFLOW_CONN_WASB_DEFAULT": connection_uri(_AZURITE_PORT),
     }
 )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the session's folder (session fixtures, the stack included, are torn down by now).
+
+    Azurite's blobs go in any case (the memory test alone stores 4 GiB); after a failure the rest,
+    the stack's logs, stays for CI to show.
+    """
+    shutil.rmtree(_ROOT / "stack" / "azurite", ignore_errors=True)
+    if exitstatus == 0:
+        shutil.rmtree(_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 SINGLE_PUT_MAX = 4 * 1024**2
 BLOCK_SIZE = 8 * 1024**2
+# Large files a batch uploads at once, and blocks in flight for each. Azurite burns less CPU per
+# byte the more blobs it receives at once (8 x 1 GiB from one process, 8 blocks in flight per file:
+# 48 s with one file at a time, 36-40 s with two, 35 s with four; it is the bottleneck throughout),
+# and memory holds ~BLOCK_SIZE per block in flight: 2 x 8 x 8 MiB = 128 MiB per batch.
+LARGE_FILES_AT_ONCE = 2
 BLOCKS_IN_FLIGHT = 8
 FILE_THREADS = 16
 MAX_READ_ATTEMPTS = 3
@@ -163,10 +168,13 @@ def _read_all(fd: int, size: int) -> bytes:
 class Uploader:
     """Uploads files into one container with one client; safe to call from many threads."""
 
-    def __init__(self, client: ContainerClient, block_threads: int = BLOCKS_IN_FLIGHT) -> None:
+    def __init__(
+        self, client: ContainerClient, block_threads: int = LARGE_FILES_AT_ONCE * BLOCKS_IN_FLIGHT
+    ) -> None:
         self.client = client
         self._block_pool = ThreadPoolExecutor(block_threads, thread_name_prefix="block")
-        self._block_slots = threading.BoundedSemaphore(block_threads * 2)
+        # Blocks read but not yet sent: the pool's work plus one being read per large file.
+        self._block_slots = threading.BoundedSemaphore(block_threads + LARGE_FILES_AT_ONCE)
 
     def close(self) -> None:
         self._block_pool.shutdown(wait=True)
@@ -322,10 +330,14 @@ def upload_batch(
             return FileOutcome(entry.rel, blob, "failed", reason=f"{type(exc).__name__}: {exc}")
 
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="file") as pool:
+        with (
+            ThreadPoolExecutor(threads, thread_name_prefix="file") as pool,
+            ThreadPoolExecutor(LARGE_FILES_AT_ONCE, thread_name_prefix="large") as large_pool,
+        ):
+            # Large files go a few at a time, each with its blocks in parallel, beside the small.
+            large_outcomes = large_pool.map(one, large)
             small_outcomes = pool.map(one, small)
-            # Large files go one at a time, each with its blocks in parallel, beside the small ones.
-            for outcome in itertools.chain((one(entry) for entry in large), small_outcomes):
+            for outcome in itertools.chain(large_outcomes, small_outcomes):
                 _log_outcome(report, outcome)
                 if on_outcome:
                     on_outcome(outcome)
