@@ -42,10 +42,11 @@ log = logging.getLogger(__name__)
 
 SINGLE_PUT_MAX = 4 * 1024**2
 BLOCK_SIZE = 8 * 1024**2
-# Large files a batch uploads at once, and blocks in flight for each. Azurite burns less CPU per
-# byte the more blobs it receives at once (8 x 1 GiB from one process, 8 blocks in flight per file:
-# 48 s with one file at a time, 36-40 s with two, 35 s with four; it is the bottleneck throughout),
-# and memory holds ~BLOCK_SIZE per block in flight: 2 x 8 x 8 MiB = 128 MiB per batch.
+# Large files a batch uploads at once, and blocks in flight for each. Azurite, the bottleneck, burns
+# less CPU per byte the more blobs it receives at once: 8 x 1 GiB from one process, 8 blocks in
+# flight per file, took 48 s one file at a time and 36-40 s two at a time. The DAG's large-file
+# batches (at most 2) thus keep 4 files going; 8 (4 per batch) measured slower (42-46 s vs 34-39 s).
+# Memory holds ~BLOCK_SIZE per block read and not yet sent: (16 + 2) x 8 MiB = 144 MiB per batch.
 LARGE_FILES_AT_ONCE = 2
 BLOCKS_IN_FLIGHT = 8
 FILE_THREADS = 16
