@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ui':14} {settings.api_url}")
         return 0 if all(s == "running" for s in states.values()) else 3
 
-    _say(f"Starting the local stack in {settings.state} (logs in {settings.log_dir}) ...")
+    if any(state != "running" for state in stack.health(settings).values()):
+        _say(f"Starting the local stack in {settings.state} (logs in {settings.log_dir}) ...")
     try:
         stack.start(settings)
     except RuntimeError as exc:
@@ -185,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result), flush=True)
     if result["state"] != "success":
         for failure in result["failed_tasks"]:
-            _say(f"FAILED {failure['task_id']}[{failure['map_index']}] "
-                 f"({failure['label'] or ''}, try {failure['try_number']}):\n{failure['error']}")
+            mapped = failure["map_index"] is not None and failure["map_index"] >= 0
+            where = (f"{failure['task_id']}[{failure['map_index']}] {failure['label'] or ''}"
+                     if mapped else failure["task_id"])
+            _say(f"FAILED {where.rstrip()} (try {failure['try_number']}):\n{failure['error']}")
         return 1
     return 0
 
