@@ -3,7 +3,8 @@
 Per contender: a fresh container gets the small set once (untimed); then, timed, in each run the
 same contender backs it up again with nothing changed (``noop``), then again after 1% of the files
 were rewritten in place (``churn``: same sizes, new bytes, new mtimes; other files each run).
-rclone's second pass is a second ``rclone copy`` (size + modification time, as it does by default); the DAG's is an incremental run.
+rclone's second pass is a second ``rclone copy`` (size + modification time, as it does by
+default); the DAG's is an incremental run.
 After each pass the container is verified (blob count and bytes) and, for churn, the rewritten
 files' blobs are read back and compared. Targets: ``dag_vs_rclone`` >= 1.0 in both cases.
 The rewrites stay in the data set (same sizes and count): the small set is no longer the seeded one
