@@ -11,10 +11,8 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -134,12 +132,7 @@ def fresh_azurite(s: stack.Settings) -> None:
     (8 GiB for the large set) while the next one runs. Same Azurite, same flags, same port: the
     stack's Airflow reconnects on its next request.
     """
-    pid = stack.pid_of(s, "azurite")
-    if pid:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while stack.pid_of(s, "azurite") and time.monotonic() < deadline:
-            time.sleep(0.1)
+    stack.stop(s, names=["azurite"])
     shutil.rmtree(s.state / "azurite", ignore_errors=True)
     os.sync()
     stack.start_component(s, "azurite")

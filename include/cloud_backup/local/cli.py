@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ui':14} {settings.api_url}")
         return 0 if all(s == "running" for s in states.values()) else 3
 
-    if any(state != "running" for state in stack.health(settings).values()):
+    if not all(stack.pid_of(settings, name) for name in stack.components(settings)):
         _say(f"Starting the local stack in {settings.state} (logs in {settings.log_dir}) ...")
     try:
         stack.start(settings)

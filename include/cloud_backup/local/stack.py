@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,9 +286,13 @@ def start(settings: Settings, timeout: float = 120) -> dict[str, str]:
         time.sleep(1)
 
 
-def stop(settings: Settings, timeout: float = 30) -> list[str]:
-    """Stop every running component (SIGTERM to all, then SIGKILL); return the names stopped."""
-    running = {name: pid for name in components(settings) if (pid := pid_of(settings, name))}
+def stop(
+    settings: Settings, timeout: float = 30, names: Iterable[str] | None = None
+) -> list[str]:
+    """Stop every running component, or those in ``names`` (SIGTERM to all, then SIGKILL);
+    return the names stopped."""
+    running = {name: pid for name in (names or components(settings))
+               if (pid := pid_of(settings, name))}
     for pid in running.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
