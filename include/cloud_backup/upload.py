@@ -41,14 +41,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SINGLE_PUT_MAX = 4 * 1024**2
-BLOCK_SIZE = 8 * 1024**2
-# Large files a batch uploads at once, and blocks in flight for each. Azurite, the bottleneck, burns
-# less CPU per byte the more blobs it receives at once: 8 x 1 GiB from one process, 8 blocks in
-# flight per file, took 48 s one file at a time and 36-40 s two at a time. The DAG's large-file
-# batches (at most 2) thus keep 4 files going; 8 (4 per batch) measured slower (42-46 s vs 34-39 s).
-# Memory holds ~BLOCK_SIZE per block read and not yet sent: (16 + 2) x 8 MiB = 144 MiB per batch.
+# Azurite (the bottleneck here) spends CPU per request as well as per byte: 8 x 1 GiB cost it
+# 36-42 CPU-s in 8 MiB blocks and 29-32 CPU-s in 32 or 64 MiB blocks (26-29 s instead of 31-34 s
+# in-process, 2026-12-04). Smaller files get smaller blocks so each still goes up in parallel.
+BLOCK_SIZE = 32 * 1024**2
+MIN_BLOCK_SIZE = 4 * 1024**2
+MAX_BLOCKS_PER_BLOB = 50_000  # Azure's limit: past 1.5 TiB, blocks grow beyond BLOCK_SIZE
+# Large files a batch uploads at once, and blocks in flight for each. Azurite burns less CPU per
+# byte the more blobs it receives at once: one file at a time was slower than two; 8 (4 per
+# batch, the DAG's large-file batches being at most 2) measured slower again.
+# Memory holds ~BLOCK_SIZE per block read and not yet sent: (8 + 2) x 32 MiB = 320 MiB per batch.
 LARGE_FILES_AT_ONCE = 2
-BLOCKS_IN_FLIGHT = 8
+BLOCKS_IN_FLIGHT = 4
 FILE_THREADS = 16
 MAX_READ_ATTEMPTS = 3
 # How many skipped/failed paths a batch report names; the counts are always complete.
@@ -154,6 +158,13 @@ def _content_settings(rel: str, md5: bytes):  # -> ContentSettings
 
 def _metadata(snap: _Snapshot) -> dict[str, str]:
     return {"cb_size": str(snap.size), "cb_mtime_ns": str(snap.mtime_ns)}
+
+
+def block_size_for(size: int) -> int:
+    """Blocks of ``BLOCK_SIZE``, smaller for files with fewer than ``BLOCKS_IN_FLIGHT`` of them."""
+    mib = 1024**2
+    spread = -(-size // BLOCKS_IN_FLIGHT // mib) * mib
+    return max(MIN_BLOCK_SIZE, min(BLOCK_SIZE, spread), -(-size // MAX_BLOCKS_PER_BLOB))
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -267,10 +278,10 @@ class Uploader:
         md5 = hashlib.md5(usedforsecurity=False)
         blocks: list[BlobBlock] = []
         pending: deque[Future[None]] = deque()
-        offset = 0
+        offset, block_size = 0, block_size_for(snap.size)
         try:
             while True:
-                chunk = os.pread(fd, BLOCK_SIZE, offset)
+                chunk = os.pread(fd, block_size, offset)
                 if not chunk:
                     break
                 md5.update(chunk)
