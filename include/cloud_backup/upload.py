@@ -20,6 +20,7 @@ import errno
 import hashlib
 import itertools
 import logging
+import math
 import mimetypes
 import os
 import stat
@@ -46,7 +47,9 @@ SINGLE_PUT_MAX = 4 * 1024**2
 # in-process, 2026-12-04). Smaller files get smaller blocks so each still goes up in parallel.
 BLOCK_SIZE = 32 * 1024**2
 MIN_BLOCK_SIZE = 4 * 1024**2
-MAX_BLOCKS_PER_BLOB = 50_000  # Azure's limit: past 1.5 TiB, blocks grow beyond BLOCK_SIZE
+# Azure's limit: past 1.5 TiB blocks grow beyond BLOCK_SIZE, and memory with them (~64 MiB each at
+# 3 TiB).
+MAX_BLOCKS_PER_BLOB = 50_000
 # Large files a batch uploads at once, and blocks in flight for each. Azurite burns less CPU per
 # byte the more blobs it receives at once: one file at a time was slower than two; 8 (4 per
 # batch, the DAG's large-file batches being at most 2) measured slower again.
@@ -163,8 +166,8 @@ def _metadata(snap: _Snapshot) -> dict[str, str]:
 def block_size_for(size: int) -> int:
     """Blocks of ``BLOCK_SIZE``, smaller for files with fewer than ``BLOCKS_IN_FLIGHT`` of them."""
     mib = 1024**2
-    spread = -(-size // BLOCKS_IN_FLIGHT // mib) * mib
-    return max(MIN_BLOCK_SIZE, min(BLOCK_SIZE, spread), -(-size // MAX_BLOCKS_PER_BLOB))
+    spread = math.ceil(size / BLOCKS_IN_FLIGHT / mib) * mib
+    return max(MIN_BLOCK_SIZE, min(BLOCK_SIZE, spread), math.ceil(size / MAX_BLOCKS_PER_BLOB))
 
 
 def _read_all(fd: int, size: int) -> bytes:
