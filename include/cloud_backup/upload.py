@@ -23,6 +23,7 @@ import logging
 import math
 import mimetypes
 import os
+import queue
 import stat
 import threading
 import time
@@ -180,6 +181,32 @@ def _read_all(fd: int, size: int) -> bytes:
         offset += len(chunk)
 
 
+class _BufferPool:
+    """At most ``count`` block buffers, allocated on first use and reused: reading each block into
+    a fresh ``bytes`` cost ~3x the CPU (a new mapping, page faults and zeroing per block: 0.62
+    against 0.19 CPU-s per GiB, 2026-12-05), and the CPU here is shared with the store."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self._size = size
+        self._free: queue.LifoQueue[memoryview] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(count)
+
+    def take(self, size: int) -> memoryview:
+        """A buffer of exactly ``size`` bytes; blocks while ``count`` are in use."""
+        self._slots.acquire()
+        try:
+            buffer = self._free.get_nowait()
+        except queue.Empty:
+            buffer = memoryview(bytearray(max(size, self._size)))
+        if len(buffer) < size:  # blocks beyond BLOCK_SIZE (files over 1.5 TiB)
+            buffer = memoryview(bytearray(size))
+        return buffer[:size]
+
+    def give(self, buffer: memoryview) -> None:
+        self._free.put(memoryview(buffer.obj))
+        self._slots.release()
+
+
 class Uploader:
     """Uploads files into one container with one client; safe to call from many threads."""
 
@@ -189,7 +216,7 @@ class Uploader:
         self.client = client
         self._block_pool = ThreadPoolExecutor(block_threads, thread_name_prefix="block")
         # Blocks read but not yet sent: the pool's work plus one being read per large file.
-        self._block_slots = threading.BoundedSemaphore(block_threads + LARGE_FILES_AT_ONCE)
+        self._buffers = _BufferPool(block_threads + LARGE_FILES_AT_ONCE, BLOCK_SIZE)
 
     def close(self) -> None:
         self._block_pool.shutdown(wait=True)
@@ -248,9 +275,10 @@ class Uploader:
     def _hash(self, fd: int, snap: _Snapshot) -> bytes:
         """MD5 of a consistent read of the file (for ``checksum`` runs)."""
         md5, offset = hashlib.md5(usedforsecurity=False), 0
-        while chunk := os.pread(fd, BLOCK_SIZE, offset):
-            md5.update(chunk)
-            offset += len(chunk)
+        buffer = memoryview(bytearray(min(BLOCK_SIZE, snap.size + 1)))
+        while read := os.preadv(fd, [buffer], offset):
+            md5.update(buffer[:read])
+            offset += read
         self._check_unchanged(fd, snap, offset)
         return md5.digest()
 
@@ -284,21 +312,28 @@ class Uploader:
         offset, block_size = 0, block_size_for(snap.size)
         try:
             while True:
-                chunk = os.pread(fd, block_size, offset)
-                if not chunk:
+                buffer = self._buffers.take(block_size)
+                try:
+                    read = os.preadv(fd, [buffer], offset)
+                except BaseException:
+                    self._buffers.give(buffer)
+                    raise
+                if not read:
+                    self._buffers.give(buffer)
                     break
+                chunk = buffer[:read]
                 md5.update(chunk)
                 block_id = base64.b64encode(f"{attempt}{len(blocks):010d}".encode()).decode()
                 blocks.append(BlobBlock(block_id=block_id))
-                self._block_slots.acquire()
                 future = self._block_pool.submit(
-                    blob_client.stage_block, block_id, chunk, length=len(chunk)
+                    blob_client.stage_block, block_id, chunk, length=read
                 )
-                future.add_done_callback(lambda _f: self._block_slots.release())
+                # The buffer is reused only once its block is sent (or the send is cancelled).
+                future.add_done_callback(lambda _f, b=buffer: self._buffers.give(b))
                 pending.append(future)
                 while pending and pending[0].done():
                     pending.popleft().result()
-                offset += len(chunk)
+                offset += read
                 if offset > snap.size:
                     raise _Changed
             while pending:
