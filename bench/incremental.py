@@ -34,6 +34,7 @@ from common import (  # noqa: E402
     service_client,
     settings,
     verify,
+    warm_page_cache,
 )
 from run_bench import _seconds, up_rclone  # noqa: E402
 
@@ -102,6 +103,7 @@ def run_incremental(s: stack.Settings, api: AirflowApi, runs: int) -> dict[str, 
             for run in range(runs):
                 for case in cases:
                     rewritten = _rewrite(data, run) if case == "churn" else []
+                    warm_page_cache(data.directory)
                     loads[case][contender].append(round(os.getloadavg()[0], 2))
                     started = time.monotonic()
                     if contender == "dag":

@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     service_client,
     settings,
     verify,
+    warm_page_cache,
 )
 from gen_data import DataSet  # noqa: E402
 
@@ -126,6 +127,7 @@ def timed(
     """Upload into a fresh container of a fresh Azurite, verify it, delete it; return the seconds
     the upload took."""
     fresh_azurite(s)
+    warm_page_cache(data.directory)
     container = fresh_container(contender, data.name)
     client = service_client(s).get_container_client(container)
     if contender != "dag":  # the DAG creates its own container, as a user's run would

@@ -184,7 +184,7 @@ def _read_all(fd: int, size: int) -> bytes:
 class _BufferPool:
     """At most ``count`` block buffers, allocated on first use and reused: reading each block into
     a fresh ``bytes`` cost ~3x the CPU (a new mapping, page faults and zeroing per block: 0.62
-    against 0.19 CPU-s per GiB, 2026-12-05), and the CPU here is shared with the store."""
+    against 0.19 CPU-s per GiB, 2026-12-04), and the CPU here is shared with the store."""
 
     def __init__(self, count: int, size: int) -> None:
         self._size = size
