@@ -313,21 +313,21 @@ class Uploader:
         try:
             while True:
                 buffer = self._buffers.take(block_size)
-                try:
+                try:  # until the pool owns the buffer, give it back on any failure
                     read = os.preadv(fd, [buffer], offset)
+                    if not read:
+                        self._buffers.give(buffer)
+                        break
+                    chunk = buffer[:read]
+                    md5.update(chunk)
+                    block_id = base64.b64encode(f"{attempt}{len(blocks):010d}".encode()).decode()
+                    future = self._block_pool.submit(
+                        blob_client.stage_block, block_id, chunk, length=read
+                    )
                 except BaseException:
                     self._buffers.give(buffer)
                     raise
-                if not read:
-                    self._buffers.give(buffer)
-                    break
-                chunk = buffer[:read]
-                md5.update(chunk)
-                block_id = base64.b64encode(f"{attempt}{len(blocks):010d}".encode()).decode()
                 blocks.append(BlobBlock(block_id=block_id))
-                future = self._block_pool.submit(
-                    blob_client.stage_block, block_id, chunk, length=read
-                )
                 # The buffer is reused only once its block is sent (or the send is cancelled).
                 future.add_done_callback(lambda _f, b=buffer: self._buffers.give(b))
                 pending.append(future)
