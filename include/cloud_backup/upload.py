@@ -207,6 +207,23 @@ class _BufferPool:
         self._slots.release()
 
 
+def _open(path: str, rel: str, blob: str, *, again: bool) -> int | FileOutcome:
+    """The file's descriptor, or why it cannot be read."""
+    try:
+        # O_NOFOLLOW: a file replaced by a symlink is not followed out of the tree.
+        # O_NONBLOCK: a file replaced by a FIFO cannot hang the open.
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        when = "while it was read" if again else "after it was listed"
+        return FileOutcome(rel, blob, "vanished", reason=f"deleted {when}")
+    except PermissionError:
+        return FileOutcome(rel, blob, "skipped", reason="permission denied")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return FileOutcome(rel, blob, "skipped", reason="became a symlink (not followed)")
+        return FileOutcome(rel, blob, "skipped", reason=f"cannot open: {exc.strerror}")
+
+
 class Uploader:
     """Uploads files into one container with one client; safe to call from many threads."""
 
@@ -228,49 +245,44 @@ class Uploader:
         if problem:
             return FileOutcome(rel, blob, "skipped", reason=problem)
         path = os.path.join(directory, rel)
+        for attempt in range(MAX_READ_ATTEMPTS):
+            # Each try opens the path afresh: a file deleted while it was read is then reported as
+            # vanished, and one replaced (renamed over) is read anew, not the old inode again.
+            opened = _open(path, rel, blob, again=attempt > 0)
+            if isinstance(opened, FileOutcome):
+                return opened
+            try:
+                return self._upload_open_file(opened, entry, blob)
+            except _Changed:
+                log.warning("%s changed while it was read; reading it again", display(rel))
+                time.sleep(0.05)
+            finally:
+                os.close(opened)
+        return FileOutcome(
+            rel, blob, "skipped", reason=f"kept changing while read ({MAX_READ_ATTEMPTS} tries)"
+        )
+
+    def _upload_open_file(self, fd: int, entry: FileEntry, blob: str) -> FileOutcome:
+        """One consistent read and upload of an open file; raises ``_Changed`` if it changed."""
+        rel = entry.rel
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return FileOutcome(rel, blob, "skipped", reason="no longer a regular file")
+        snap = _Snapshot.of(st)
         try:
-            # O_NOFOLLOW: a file replaced by a symlink is not followed out of the tree.
-            # O_NONBLOCK: a file replaced by a FIFO cannot hang the open.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return FileOutcome(rel, blob, "vanished", reason="deleted after it was listed")
-        except PermissionError:
-            return FileOutcome(rel, blob, "skipped", reason="permission denied")
+            if entry.stored_md5 and snap.size == entry.size:
+                if self._hash(fd, snap).hex() == entry.stored_md5:
+                    if entry.stored_mtime_ns != snap.mtime_ns:  # as rclone does
+                        self.client.get_blob_client(blob).set_blob_metadata(_metadata(snap))
+                    return FileOutcome(rel, blob, "unchanged", snap.size, entry.stored_md5,
+                                       mtime_ns=snap.mtime_ns)
+            if snap.size <= SINGLE_PUT_MAX:
+                size, md5 = self._put_small(fd, rel, blob, snap)
+            else:
+                size, md5 = self._put_blocks(fd, rel, blob, snap)
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return FileOutcome(rel, blob, "skipped", reason="became a symlink (not followed)")
-            return FileOutcome(rel, blob, "skipped", reason=f"cannot open: {exc.strerror}")
-        try:
-            for _attempt in range(MAX_READ_ATTEMPTS):
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    return FileOutcome(rel, blob, "skipped", reason="no longer a regular file")
-                snap = _Snapshot.of(st)
-                try:
-                    if entry.stored_md5 and snap.size == entry.size:
-                        if self._hash(fd, snap).hex() == entry.stored_md5:
-                            if entry.stored_mtime_ns != snap.mtime_ns:  # as rclone does
-                                self.client.get_blob_client(blob).set_blob_metadata(
-                                    _metadata(snap)
-                                )
-                            return FileOutcome(rel, blob, "unchanged", snap.size,
-                                               entry.stored_md5, mtime_ns=snap.mtime_ns)
-                    if snap.size <= SINGLE_PUT_MAX:
-                        size, md5 = self._put_small(fd, rel, blob, snap)
-                    else:
-                        size, md5 = self._put_blocks(fd, rel, blob, snap)
-                except _Changed:
-                    log.warning("%s changed while it was read; reading it again", display(rel))
-                    time.sleep(0.05)
-                    continue
-                except OSError as exc:
-                    return FileOutcome(rel, blob, "skipped", reason=f"read error: {exc.strerror}")
-                return FileOutcome(rel, blob, "uploaded", size, md5.hex(), mtime_ns=snap.mtime_ns)
-            return FileOutcome(
-                rel, blob, "skipped", reason=f"kept changing while read ({MAX_READ_ATTEMPTS} tries)"
-            )
-        finally:
-            os.close(fd)
+            return FileOutcome(rel, blob, "skipped", reason=f"read error: {exc.strerror}")
+        return FileOutcome(rel, blob, "uploaded", size, md5.hex(), mtime_ns=snap.mtime_ns)
 
     def _hash(self, fd: int, snap: _Snapshot) -> bytes:
         """MD5 of a consistent read of the file (for ``checksum`` runs)."""

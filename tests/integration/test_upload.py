@@ -124,6 +124,40 @@ def test_file_changing_between_listing_and_upload_is_stored_as_it_is_now(
     assert _stored(container) == {"c/f": (len(now), hashlib.md5(now).digest())}
 
 
+@pytest.mark.parametrize("change", ["delete", "replace"])
+def test_large_file_deleted_or_replaced_while_read_is_vanished_or_read_anew(
+    tmp_path: Path, container, monkeypatch, change: str
+) -> None:
+    """A helper's find: unlinking a file mid-read changed its ctime, and the retry re-read the
+    deleted inode from the open descriptor and stored it as "uploaded"."""
+    import cloud_backup.upload as upload
+
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(SINGLE_PUT_MAX + 1))  # block upload
+    entries = _entries(tmp_path)
+    real_preadv, done = os.preadv, []
+
+    def preadv_then_change(fd, buffers, offset):
+        if not done:  # once, during the first block read
+            done.append(True)
+            if change == "delete":
+                path.unlink()
+            else:
+                (tmp_path / "big.new").write_bytes(b"new bytes")
+                (tmp_path / "big.new").rename(path)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(upload.os, "preadv", preadv_then_change)
+    report = upload_batch(container, str(tmp_path), entries, batch=0, prefix="d")
+    if change == "delete":
+        assert report.vanished == ["big"]
+        assert (report.files, report.bytes) == (0, 0)
+        assert _stored(container) == {}
+    else:
+        assert (report.files, report.bytes) == (1, len(b"new bytes"))
+        assert _stored(container) == {"d/big": (9, hashlib.md5(b"new bytes").digest())}
+
+
 def test_compressed_files_are_stored_as_is_without_content_encoding(tmp_path: Path, container):
     """Regression: a .gz stored with Content-Encoding: gzip came back decompressed on download."""
     import gzip
