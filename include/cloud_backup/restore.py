@@ -87,7 +87,13 @@ def find_manifest(client: ContainerClient, directory: str | None, prefix: str,
 def _items(client: ContainerClient, manifest: str, sub_path: str) -> Iterator[RestoreItem]:
     sub = sub_path.strip("/")
     for record in read_part(client, manifest):
-        if record.get("status") not in ("uploaded", "unchanged"):
+        # "kept" with in_tree: a file this run could not read, restored as an earlier run stored
+        # it; other kept blobs belong to files deleted locally, not part of the tree any more.
+        restorable = record.get("status") in ("uploaded", "unchanged") or (
+            record.get("status") == "kept" and record.get("in_tree") and record.get("md5")
+            and record.get("mtime_ns") is not None
+        )
+        if not restorable:
             continue
         rel = record["path"]
         if sub and rel != sub and not rel.startswith(sub + "/"):

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud_backup.batching import BatchLimits, make_batches
-from cloud_backup.naming import blob_name_for, display, validate_container, validate_prefix
+from cloud_backup.naming import (
+    blob_name_for,
+    blob_name_problem,
+    display,
+    validate_container,
+    validate_prefix,
+)
 from cloud_backup.store import (
     PartWriter,
     compose,
@@ -33,7 +39,7 @@ from cloud_backup.store import (
     write_latest,
     write_listing,
 )
-from cloud_backup.upload import REPORT_NAMES, BatchReport, upload_batch
+from cloud_backup.upload import REPORT_NAMES, BatchReport, FileOutcome, upload_batch
 from cloud_backup.verify import VerificationFailed, verify_manifest
 from cloud_backup.walk import FileEntry, Skipped, walk_tree
 
@@ -203,6 +209,15 @@ def list_files(
                 skipped_count += 1
                 log.warning("Skipped %s: %s", display(item.rel), item.reason)
                 skipped_part.write({"path": item.rel, "status": "skipped", "reason": item.reason})
+                if packed is not None:  # not backed up now, but an earlier copy stays restorable
+                    size, mtime_ns, md5 = unpack_stored(packed)
+                    kept_part.write(
+                        {"path": item.rel, "blob": blob_name_for(directory, item.rel, prefix),
+                         "status": "kept", "size": size, "mtime_ns": mtime_ns,
+                         "md5": md5.hex() if md5 else None,
+                         "reason": f"skipped in this run ({item.reason}); earlier copy kept",
+                         "in_tree": True}
+                    )
                 if len(skipped) < REPORT_NAMES:
                     skipped.append(item)
                 continue
@@ -234,11 +249,12 @@ def list_files(
             if options.mirror and not name.startswith(tuple(unreadable)):
                 continue  # deleted by the reduce, recorded there
             size, mtime_ns, md5 = unpack_stored(stored[name])
+            in_tree = name.startswith(tuple(unreadable))
             kept_part.write(
                 {"path": name[len(name_prefix):], "blob": name, "status": "kept", "size": size,
                  "mtime_ns": mtime_ns, "md5": md5.hex() if md5 else None,
-                 "reason": "directory unreadable in this run" if name.startswith(tuple(unreadable))
-                 else "file deleted locally"}
+                 "reason": "directory unreadable in this run" if in_tree
+                 else "file deleted locally", "in_tree": in_tree}
             )
         del stored
         for index, batch in enumerate(make_batches(_read_spool(spool), files, total, limits)):
@@ -345,7 +361,7 @@ def upload(
             batch=batch["batch"],
             prefix=listed["prefix"],
             threads=threads,
-            on_outcome=lambda outcome: part.write(outcome.record()),
+            on_outcome=lambda outcome: _record(client, part, outcome),
         )
     log.info(
         "Batch %d: %d files, %d bytes stored in %.1fs; %d unchanged, %d skipped, %d vanished",
@@ -353,6 +369,29 @@ def upload(
         report.skipped_count, report.vanished_count,
     )
     return report.__dict__
+
+
+def _record(client: Any, part: PartWriter, outcome: FileOutcome) -> None:
+    """The outcome's manifest line, and for a file not stored now (skipped, vanished) the blob an
+    earlier run stored as ``kept``: the next run's comparison sees that copy, and restores bring
+    it back while the file is still in the tree (``in_tree``; not for a deleted file)."""
+    part.write(outcome.record())
+    if outcome.status not in ("skipped", "vanished") or blob_name_problem(outcome.blob):
+        return
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        props = client.get_blob_client(outcome.blob).get_blob_properties()
+    except ResourceNotFoundError:
+        return
+    md5 = props.content_settings.content_md5
+    mtime = props.metadata.get("cb_mtime_ns")
+    log.warning("%s was not backed up in this run; its copy from an earlier run is kept",
+                display(outcome.rel))
+    part.write({"path": outcome.rel, "blob": outcome.blob, "status": "kept", "size": props.size,
+                "mtime_ns": int(mtime) if mtime else None, "md5": bytes(md5).hex() if md5 else None,
+                "reason": f"{outcome.status} in this run ({outcome.reason}); earlier copy kept",
+                "in_tree": outcome.status == "skipped"})
 
 
 def finish(

@@ -261,3 +261,42 @@ def test_a_verify_failure_makes_the_next_run_list_and_repair(tree: Path, azurite
     assert container_client("wasb_default", container).download_blob(name).readall() == b"plain\n"
     _, after = _backup(tree, container)  # trusted again after a verified run
     assert after["compared_with"] == f"manifest {repaired['manifest']}"
+
+
+def test_a_file_not_backed_up_now_keeps_its_earlier_copy_restorable(
+    tree: Path, tmp_path: Path, azurite, inproc_db, monkeypatch
+) -> None:
+    """A helper's find: a file skipped in a later run (changing on every read, or no longer a
+    regular file) dropped out of the latest manifest, so restore left it out although its
+    earlier blob was still in the container."""
+    import cloud_backup.upload as upload
+    from cloud_restore_dags import cloud_restore
+
+    container = f"kept-{uuid.uuid4().hex[:12]}"
+    _backup(tree, container)
+    first = {rel: (tree / rel).read_bytes() for rel in ("plain.txt", "big/blocks.bin")}
+    (tree / "big/blocks.bin").write_bytes(os.urandom(9 * 1024**2))  # changed: to be uploaded...
+    real = upload.Uploader._upload_open_file
+
+    def always_changing(self, fd, entry, blob):  # ...but it changes on every read
+        if entry.rel == "big/blocks.bin":
+            raise upload._Changed
+        return real(self, fd, entry, blob)
+
+    monkeypatch.setattr(upload.Uploader, "_upload_open_file", always_changing)
+    (tree / "plain.txt").unlink()
+    os.mkfifo(tree / "plain.txt")  # skipped when listed: not a regular file
+
+    _, summary = _backup(tree, container)
+
+    assert summary["skipped_count"] == 2
+    lines = {(line["path"], line["status"]): line for line in _manifest(container, summary["manifest"])}
+    for rel, data in first.items():
+        assert lines[(rel, "skipped")]
+        kept = lines[(rel, "kept")]
+        assert (kept["size"], kept["md5"]) == (len(data), hashlib.md5(data).hexdigest()), kept
+    (tree / "plain.txt").unlink()  # restore must not meet the FIFO in the comparison below
+    target = tmp_path / "restored"
+    run_dag(cloud_restore, {"directory": str(tree), "target": str(target), "container": container})
+    for rel, data in first.items():
+        assert (target / rel).read_bytes() == data, rel
