@@ -210,14 +210,10 @@ def list_files(
                 log.warning("Skipped %s: %s", display(item.rel), item.reason)
                 skipped_part.write({"path": item.rel, "status": "skipped", "reason": item.reason})
                 if packed is not None:  # not backed up now, but an earlier copy stays restorable
-                    size, mtime_ns, md5 = unpack_stored(packed)
-                    kept_part.write(
-                        {"path": item.rel, "blob": blob_name_for(directory, item.rel, prefix),
-                         "status": "kept", "size": size, "mtime_ns": mtime_ns,
-                         "md5": md5.hex() if md5 else None,
-                         "reason": f"skipped in this run ({item.reason}); earlier copy kept",
-                         "in_tree": True}
-                    )
+                    kept_part.write(_kept(
+                        item.rel, blob_name_for(directory, item.rel, prefix), *unpack_stored(packed),
+                        f"skipped in this run ({item.reason}); earlier copy kept", in_tree=True,
+                    ))
                 if len(skipped) < REPORT_NAMES:
                     skipped.append(item)
                 continue
@@ -248,14 +244,12 @@ def list_files(
         for name in sorted(stored):
             if options.mirror and not name.startswith(tuple(unreadable)):
                 continue  # deleted by the reduce, recorded there
-            size, mtime_ns, md5 = unpack_stored(stored[name])
             in_tree = name.startswith(tuple(unreadable))
-            kept_part.write(
-                {"path": name[len(name_prefix):], "blob": name, "status": "kept", "size": size,
-                 "mtime_ns": mtime_ns, "md5": md5.hex() if md5 else None,
-                 "reason": "directory unreadable in this run" if in_tree
-                 else "file deleted locally", "in_tree": in_tree}
-            )
+            kept_part.write(_kept(
+                name[len(name_prefix):], name, *unpack_stored(stored[name]),
+                "directory unreadable in this run" if in_tree else "file deleted locally",
+                in_tree=in_tree,
+            ))
         del stored
         for index, batch in enumerate(make_batches(_read_spool(spool), files, total, limits)):
             listing = f"{folder}batch-{index:05d}.jsonl.gz"
@@ -388,10 +382,19 @@ def _record(client: Any, part: PartWriter, outcome: FileOutcome) -> None:
     mtime = props.metadata.get("cb_mtime_ns")
     log.warning("%s was not backed up in this run; its copy from an earlier run is kept",
                 display(outcome.rel))
-    part.write({"path": outcome.rel, "blob": outcome.blob, "status": "kept", "size": props.size,
-                "mtime_ns": int(mtime) if mtime else None, "md5": bytes(md5).hex() if md5 else None,
-                "reason": f"{outcome.status} in this run ({outcome.reason}); earlier copy kept",
-                "in_tree": outcome.status == "skipped"})
+    part.write(_kept(
+        outcome.rel, outcome.blob, props.size, int(mtime) if mtime else None,
+        bytes(md5) if md5 else None,
+        f"{outcome.status} in this run ({outcome.reason}); earlier copy kept",
+        in_tree=outcome.status == "skipped",
+    ))
+
+
+def _kept(rel: str, blob: str, size: int, mtime_ns: int | None, md5: bytes | None, reason: str,
+          *, in_tree: bool) -> dict[str, Any]:
+    """A manifest line for a blob an earlier run stored, left as it is by this one."""
+    return {"path": rel, "blob": blob, "status": "kept", "size": size, "mtime_ns": mtime_ns,
+            "md5": md5.hex() if md5 else None, "reason": reason, "in_tree": in_tree}
 
 
 def finish(
