@@ -219,7 +219,7 @@ def main() -> int:
                 break
             time.sleep(5)
         report["upload_observed_s"] = round(time.monotonic() - started, 1)
-        report["uploads_done"] = api.count(DAG_ID, run_id, "upload", "success")
+        report["uploads_done"] = api.count(DAG_ID, run_id, "upload", ["success"])
         report["run_state"] = state
         if state not in TERMINAL:
             # Stop here: the rest would only upload more empty blobs for the next hour.

@@ -4,6 +4,7 @@ Same fan-out shape as the backup: ``plan_restore`` reads the manifest and stores
 ``restore_batch`` downloads one batch, the reduce sums. Each file is streamed to a temporary file
 beside its destination while its MD5 is computed, checked against the manifest, given its recorded
 modification time, then renamed into place: a file is either fully restored or not there at all.
+A download chunk (4-32 MiB) of only zeros is left as a hole, so a sparse file comes back sparse.
 Existing files are never overwritten unless asked, and nothing is written outside the target.
 """
 
@@ -160,8 +161,12 @@ def _restore_one(client: ContainerClient, target: str, item: RestoreItem, overwr
         with os.fdopen(fd, "wb") as out:
             for chunk in client.download_blob(item.blob, max_concurrency=4, decompress=False).chunks():
                 md5.update(chunk)
-                out.write(chunk)
+                if chunk.count(0) == len(chunk):  # a hole (or zeros): keep the file sparse
+                    out.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    out.write(chunk)
                 size += len(chunk)
+            out.truncate(size)  # the length, when the file ends in a hole
         if size != item.size or md5.hexdigest() != item.md5:
             raise RestoreFailed(
                 f"{display(item.rel)}: blob {item.blob!r} gave {size} bytes with MD5 "

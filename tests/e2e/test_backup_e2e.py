@@ -59,9 +59,10 @@ def test_make_backup_path_over_rest(tmp_path: Path, live_stack) -> None:
     assert any(label.endswith(" files)") for label in labels), labels
 
 
-def test_empty_directory_succeeds_with_zero(tmp_path: Path, live_stack) -> None:
+def test_empty_directory_succeeds_with_zero(tmp_path: Path, live_stack, capsys) -> None:
     result = run_backup(live_stack, {"directory": str(tmp_path), "container": "e2e-empty"})
     assert (result["state"], result["total_bytes"], result["files"]) == ("success", 0, 0)
+    assert "success: no upload batches ran" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -128,3 +129,4 @@ def test_a_failed_run_exits_non_zero_with_the_tasks_error(tmp_path: Path, live_s
     assert (failure["task_id"], failure["try_number"]) == ("list_files", 1)
     assert "does not exist" in failure["error"] and str(missing) in failure["error"]
     assert "does not exist" in out.err
+    assert "failed: no upload batches ran" in out.err  # not "0/1": the unexpanded placeholder

@@ -300,3 +300,28 @@ def test_a_file_not_backed_up_now_keeps_its_earlier_copy_restorable(
     run_dag(cloud_restore, {"directory": str(tree), "target": str(target), "container": container})
     for rel, data in first.items():
         assert (target / rel).read_bytes() == data, rel
+
+
+def test_a_sparse_file_is_restored_sparse(tmp_path: Path, azurite, inproc_db) -> None:
+    from cloud_restore_dags import cloud_restore
+
+    source = tmp_path / "src"
+    source.mkdir()
+    mib = 1024**2
+    with open(source / "disk.img", "wb") as f:  # data, a long hole, data, and a hole at the end
+        f.write(b"head" * 1024)
+        f.seek(80 * mib)
+        f.write(b"tail" * 1024)
+        f.truncate(96 * mib)
+    container = f"rst-{uuid.uuid4().hex[:12]}"
+    _backup(source, container)
+    target = tmp_path / "restored"
+
+    run_dag(cloud_restore, {"directory": str(source), "target": str(target),
+                            "container": container})
+
+    restored = target / "disk.img"
+    subprocess.run(["cmp", str(source / "disk.img"), str(restored)], check=True)
+    assert restored.stat().st_size == 96 * mib
+    # The SDK downloads a first chunk of 32 MiB, then 4 MiB ones: chunks of only zeros are holes.
+    assert restored.stat().st_blocks * 512 <= 40 * mib, restored.stat().st_blocks * 512

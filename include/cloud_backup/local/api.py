@@ -98,10 +98,11 @@ class AirflowApi:
             if not page["task_instances"] or offset >= page["total_entries"]:
                 return
 
-    def count(self, dag_id: str, run_id: str, task_id: str, state: str | None = None) -> int:
+    def count(self, dag_id: str, run_id: str, task_id: str, states: list[str] | None = None) -> int:
+        """How many instances of ``task_id`` the run has (in any of ``states``, if given)."""
         params: dict[str, Any] = {"limit": 1, "task_id": task_id}
-        if state:
-            params["state"] = state
+        if states:
+            params["state"] = states  # sent as repeated state= parameters
         page = self.call(
             "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances", params=params
         )

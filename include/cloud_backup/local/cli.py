@@ -78,11 +78,14 @@ def trigger_and_wait(
         if current["state"] not in TERMINAL and time.monotonic() < next_count[0]:
             return
         next_count[0] = time.monotonic() + 5
-        # An expansion over nothing leaves one skipped placeholder instance: not a batch.
+        # An expansion over nothing leaves one skipped placeholder instance, and a failed listing
+        # one upstream_failed: neither is a batch (expanded instances have only that upstream).
         total = api.count(dag_id, run_id, mapped_task) - api.count(
-            dag_id, run_id, mapped_task, "skipped")
-        done = api.count(dag_id, run_id, mapped_task, "success")
+            dag_id, run_id, mapped_task, ["skipped", "upstream_failed"])
+        done = api.count(dag_id, run_id, mapped_task, ["success"])
         line = f"  {current['state']}: {done}/{total} {mapped_task} batches done"
+        if total == 0 and current["state"] in TERMINAL:
+            line = f"  {current['state']}: no {mapped_task} batches ran"
         if line != last[0]:
             _say(line)
             last[0] = line
