@@ -98,11 +98,14 @@ class AirflowApi:
             if not page["task_instances"] or offset >= page["total_entries"]:
                 return
 
-    def count(self, dag_id: str, run_id: str, task_id: str, states: list[str] | None = None) -> int:
-        """How many instances of ``task_id`` the run has (in any of ``states``, if given)."""
+    def count(self, dag_id: str, run_id: str, task_id: str, states: list[str] | None = None,
+              map_index: int | None = None) -> int:
+        """How many instances of ``task_id`` the run has (in any of ``states``, at ``map_index``)."""
         params: dict[str, Any] = {"limit": 1, "task_id": task_id}
         if states:
             params["state"] = states  # sent as repeated state= parameters
+        if map_index is not None:
+            params["map_index"] = map_index
         page = self.call(
             "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances", params=params
         )

@@ -78,14 +78,16 @@ def trigger_and_wait(
         if current["state"] not in TERMINAL and time.monotonic() < next_count[0]:
             return
         next_count[0] = time.monotonic() + 5
-        # An expansion over nothing leaves one skipped placeholder instance, and a failed listing
-        # one upstream_failed: neither is a batch (expanded instances have only that upstream).
-        total = api.count(dag_id, run_id, mapped_task) - api.count(
-            dag_id, run_id, mapped_task, ["skipped", "upstream_failed"])
-        done = api.count(dag_id, run_id, mapped_task, ["success"])
-        line = f"  {current['state']}: {done}/{total} {mapped_task} batches done"
-        if total == 0 and current["state"] in TERMINAL:
-            line = f"  {current['state']}: no {mapped_task} batches ran"
+        # Until the listing is expanded the mapped task has one placeholder instance at map_index
+        # -1 (expansion renumbers it 0); an expansion over nothing leaves it skipped, a failed
+        # listing upstream_failed. It is not a batch: counting it showed "0/1" while listing.
+        if api.count(dag_id, run_id, mapped_task, map_index=-1):
+            line = (f"  {current['state']}: no {mapped_task} batches ran"
+                    if current["state"] in TERMINAL else f"  {current['state']}: listing files")
+        else:
+            total = api.count(dag_id, run_id, mapped_task)
+            done = api.count(dag_id, run_id, mapped_task, ["success"])
+            line = f"  {current['state']}: {done}/{total} {mapped_task} batches done"
         if line != last[0]:
             _say(line)
             last[0] = line
